@@ -1,0 +1,1 @@
+"""wecom-bot: a WeCom community-operations bot for retail store groups."""

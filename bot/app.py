@@ -1,0 +1,79 @@
+"""The bot's HTTP face. Routes translate HTTP; the callback route verifies, decrypts, stores and
+answers — no WeCom call and no handler runs here (the workers do that from the stored event)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from bot.bootstrap import Container
+from bot.inbox import record
+from bot.wecom.callback import CallbackRejected
+
+log = logging.getLogger(__name__)
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise CallbackRejected(413, f"body over {cap} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise CallbackRejected(413, f"body over {cap} bytes")
+    return bytes(body)
+
+
+def create_app(c: Container) -> FastAPI:
+    app = FastAPI(title="wecom-bot", docs_url=None, redoc_url=None)
+    app.state.container = c
+
+    def rejected(e: CallbackRejected) -> Response:
+        c.metrics.callbacks.labels(f"rejected_{e.status}").inc()
+        log.warning("callback rejected %s: %s", e.status, e.reason)
+        return PlainTextResponse(e.reason, status_code=e.status)
+
+    @app.get("/wecom/callback")
+    def verify_url(msg_signature: str = "", timestamp: str = "", nonce: str = "", echostr: str = Query("")):
+        try:
+            return PlainTextResponse(c.verifier.verify_url(msg_signature, timestamp, nonce, echostr))
+        except CallbackRejected as e:
+            return rejected(e)
+
+    @app.post("/wecom/callback")
+    async def callback(request: Request, msg_signature: str = "", timestamp: str = "", nonce: str = ""):
+        started = time.perf_counter()
+        try:
+            body = await read_capped(request, c.verifier.max_body)
+            inbound = c.verifier.open(msg_signature, timestamp, nonce, body)
+        except CallbackRejected as e:
+            return rejected(e)
+        created = await run_in_threadpool(record, c.sessions, inbound, c.clock.now())
+        if created:
+            c.doorbell.ring()
+        c.metrics.callbacks.labels("stored" if created else "duplicate").inc()
+        c.metrics.callback_seconds.observe(time.perf_counter() - started)
+        # An empty 200 is WeCom's "received": no passive reply, no retry.
+        return PlainTextResponse("")
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Not a 200: WeCom will redeliver, and nothing was half-stored (record is one transaction).
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    return app

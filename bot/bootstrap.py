@@ -1,0 +1,125 @@
+"""The one place that wires real adapters: engine, sessions, clock, client, handlers, workers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import events as ev
+from bot.clock import Clock, SystemClock
+from bot.config import Settings
+from bot.db.engine import make_engine, make_session_factory
+from bot.db.migrate import upgrade
+from bot.inbox import EventDispatcher
+from bot.media import MediaLibrary
+from bot.metrics import Metrics
+from bot.outbox import Executor, Outbox, Outcome, OutboxWorker
+from bot.provisioning import Provisioner
+from bot.welcome.content import WelcomeContent
+from bot.welcome.handlers import on_contact_added
+from bot.welcome.sender import welcome_executor
+from bot.wecom.callback import CallbackVerifier
+from bot.wecom.client import WeComClient
+from bot.wecom.token_store import SqlTokenStore, TokenStore
+from bot.worker import Doorbell, WorkerPool, worker_id
+
+log = logging.getLogger(__name__)
+
+# Domain event → handlers. Later capabilities (funnel, commands, chains) add theirs here.
+HANDLERS: dict[type, list] = {
+    ev.ContactAdded: [on_contact_added],
+}
+
+
+def app_message_executor() -> Executor:
+    """message/send to clerks. enable_duplicate_check makes a crash-repeated send harmless."""
+
+    def send(client: WeComClient, row: Outbox) -> dict:
+        body = {"touser": "|".join(row.payload["touser"]), "agentid": client.agent_id,
+                "msgtype": row.payload["msgtype"], row.payload["msgtype"]: row.payload["content"],
+                "enable_duplicate_check": 1, "duplicate_check_interval": 1800}
+        return client.post("message/send", data=body)
+
+    return Executor("send", send)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    sessions: sessionmaker[Session]
+    client: WeComClient
+    verifier: CallbackVerifier
+    content: WelcomeContent
+    media: MediaLibrary
+    metrics: Metrics
+    doorbell: Doorbell = field(default_factory=Doorbell)
+    executors: dict[str, Executor] = field(default_factory=dict)
+    workers: WorkerPool | None = None
+
+    def migrate(self) -> None:
+        upgrade(self.engine)
+
+    def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
+        return EventDispatcher(self.sessions, self.clock, HANDLERS, {"welcome_content": self.content},
+                               owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
+
+    def outbox_worker(self, name: str = "outbox") -> OutboxWorker:
+        return OutboxWorker(self.sessions, self.client, self.clock, self.executors, owner=worker_id(name),
+                            lease_seconds=self.settings.worker.lease_seconds, on_settled=self._settled)
+
+    def _settled(self, row: Outbox, outcome: Outcome) -> None:
+        self.metrics.outbox.labels(row.kind, outcome.status).inc()
+
+    def provisioner(self) -> Provisioner:
+        return Provisioner(self.sessions, self.client, self.clock, self.media)
+
+    def start_workers(self, outbox_threads: int | None = None, dispatch_threads: int = 2) -> WorkerPool:
+        pool = WorkerPool(self.doorbell, self.settings.worker.poll_seconds)
+        for i in range(dispatch_threads):
+            d = self.dispatcher(f"dispatch-{i}")
+
+            def dispatch_once(d=d) -> int:
+                n = d.run_once()
+                if n:
+                    self.doorbell.ring()  # outbox rows may be waiting now
+                return n
+            pool.add(f"dispatch-{i}", dispatch_once)
+        for i in range(outbox_threads or self.settings.worker.threads):
+            pool.add(f"outbox-{i}", self.outbox_worker(f"outbox-{i}").run_once)
+        pool.start()
+        self.workers = pool
+        return pool
+
+    def close(self) -> None:
+        if self.workers:
+            self.workers.stop()
+        self.engine.dispose()
+
+
+def bootstrap(settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None,
+              token_store: TokenStore | None = None, migrate: bool = False) -> Container:
+    clock = clock or SystemClock(settings.tz)
+    engine = engine or make_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    metrics = Metrics()
+    w = settings.wecom
+    client = WeComClient(w.corp_id, w.secret.get_secret_value(), agent_id=w.agent_id, api_base_url=w.api_base_url,
+                         token_store=token_store or SqlTokenStore(sessions, clock), clock=clock,
+                         timeout=w.timeout_seconds, max_attempts=w.max_attempts, on_call=metrics.on_wecom_call)
+    verifier = CallbackVerifier(token=w.token.get_secret_value(), encoding_aes_key=w.encoding_aes_key.get_secret_value(),
+                                corp_id=w.corp_id, clock=clock,
+                                max_skew_seconds=settings.callback.max_clock_skew_seconds,
+                                max_body_bytes=settings.callback.max_body_bytes)
+    content = WelcomeContent(Path(settings.path(settings.calendar_dir)))
+    media = MediaLibrary(sessions, client, clock)
+    c = Container(settings, clock, engine, sessions, client, verifier, content, media, metrics)
+    c.executors = {"send_welcome_msg": welcome_executor(sessions, media, content), "send": app_message_executor()}
+    if migrate:
+        c.migrate()
+    return c

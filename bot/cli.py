@@ -1,0 +1,153 @@
+"""`wecom-bot` (also `python -m bot`): the commands of DESIGN §3."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from urllib.parse import urlparse
+
+from bot.config import PLACEHOLDER_ADMIN_TOKEN, ConfigError, Settings, load_settings
+
+log = logging.getLogger("bot")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _settings(args) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_db_upgrade(args) -> int:
+    from bot.db.engine import make_engine
+    from bot.db.migrate import current, upgrade
+
+    settings = _settings(args)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    print(f"database at revision {current(engine)} ({engine.url.render_as_string(hide_password=True)})")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from bot.bootstrap import bootstrap
+
+    settings = _settings(args)
+    if not settings.stores:
+        print(f"{settings.source}: stores: no stores configured", file=sys.stderr)
+        return 1
+    c = bootstrap(settings, migrate=True)
+    total = len(settings.stores)
+    step = max(1, total // 20)
+
+    def progress(n: int, total: int, r) -> None:
+        if r.error or r.changes or n % step == 0 or n == total:
+            what = f"error: {r.error}" if r.error else (", ".join(r.changes) or "unchanged")
+            print(f"[{n}/{total}] {r.code}: {what}", flush=True)
+
+    report = c.provisioner().sync(settings.stores, concurrency=args.concurrency, progress=progress)
+    print(report.summary())
+    c.close()
+    return 1 if report.failed else 0
+
+
+def cmd_serve(args) -> int:
+    from bot.app import create_app
+    from bot.bootstrap import bootstrap
+    from bot.scheduler import Scheduler
+    import uvicorn
+
+    settings = _settings(args)
+    if settings.admin_token.get_secret_value() == PLACEHOLDER_ADMIN_TOKEN:
+        print(f"{settings.source}: admin_token: still the placeholder {PLACEHOLDER_ADMIN_TOKEN!r}; set a real one "
+              "(or WECOM_BOT_ADMIN_TOKEN) before serving", file=sys.stderr)
+        return 1
+    c = bootstrap(settings, migrate=True)
+    scheduler = None
+    if args.role in ("all", "worker"):
+        c.start_workers()
+    if args.role in ("all", "scheduler"):
+        scheduler = Scheduler(c)
+        scheduler.start()
+    try:
+        if args.role in ("all", "web"):
+            uvicorn.run(create_app(c), host=args.host, port=args.port, log_level="info", access_log=False)
+        else:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if scheduler:
+            scheduler.stop()
+        c.close()
+    return 0
+
+
+def cmd_sandbox(args) -> int:
+    from bot.sandbox.standalone import run_sandbox
+
+    settings = _settings(args)
+    base = urlparse(settings.wecom.api_base_url)
+    return run_sandbox(settings, host=args.host or base.hostname or "127.0.0.1", port=args.port or base.port or 8800,
+                       callback_url=args.callback_url or settings.public_base_url.rstrip("/") + "/wecom/callback")
+
+
+def cmd_demo(args) -> int:
+    from bot.demo import run_demo
+
+    return run_demo(members=args.members, serve=args.serve, calendar_dir=args.calendar_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wecom-bot", description="WeCom community-operations bot")
+    p.add_argument("--config", default="config.yaml", help="config file (default ./config.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="bot + bundled WeCom sandbox on loopback, a simulated burst of members")
+    d.add_argument("--members", type=int, default=60, help="members in the burst (default 60)")
+    d.add_argument("--serve", action="store_true", help="keep the bot and sandbox up afterwards")
+    d.add_argument("--calendar-dir", default=None, help="content calendar (default ./content_calendar)")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="the long-running bot")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--role", choices=["all", "web", "worker", "scheduler"], default="all")
+    s.set_defaults(func=cmd_serve)
+
+    sb = sub.add_parser("sandbox", help="the WeCom simulator alone (for trying serve without a corp)")
+    sb.add_argument("--host", default=None)
+    sb.add_argument("--port", type=int, default=None, help="default: the port of wecom.api_base_url")
+    sb.add_argument("--callback-url", default=None, help="default: public_base_url + /wecom/callback")
+    sb.set_defaults(func=cmd_sandbox)
+
+    sy = sub.add_parser("sync", help="create or repair each store's contact way and join way")
+    sy.add_argument("--concurrency", type=int, default=4)
+    sy.set_defaults(func=cmd_sync)
+
+    db = sub.add_parser("db", help="database")
+    dbs = db.add_subparsers(dest="db_command", required=True)
+    up = dbs.add_parser("upgrade", help="apply migrations")
+    up.set_defaults(func=cmd_db_upgrade)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"configuration error:\n{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,26 @@
+"""Atomic claims of due rows (events, outbox) by one worker among many processes.
+
+One `UPDATE … WHERE id IN (SELECT … [FOR UPDATE SKIP LOCKED]) RETURNING`: on PostgreSQL SKIP LOCKED
+lets workers pass each other; on SQLite the write lock (BEGIN IMMEDIATE) serialises claims. A row
+whose lease ran out (its worker died mid-flight) is due again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+
+def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int, lease: timedelta) -> list:
+    due = or_(and_(model.status == "pending", model.next_attempt_at <= now),
+              and_(model.status == "running", model.lease_until < now))
+    pick = select(model.id).where(due).order_by(model.next_attempt_at, model.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (update(model).where(model.id.in_(pick.scalar_subquery()))
+            .values(status="running", claimed_by=owner, lease_until=now + lease, attempts=model.attempts + 1)
+            .returning(model)
+            .execution_options(synchronize_session=False))
+    return list(session.scalars(stmt))

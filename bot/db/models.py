@@ -1,0 +1,134 @@
+"""Tables. Singular names; WeCom ids keep WeCom's names; `_at` columns are aware UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from bot.db.types import UTCDateTime
+
+
+def _at(nullable: bool = True, **kw: Any):
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kw)
+
+
+class Event(SQLModel, table=True):
+    """One WeCom callback, stored once (delivery_key) before it is acknowledged."""
+
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_key: str = Field(max_length=80, unique=True)
+    kind: str = Field(max_length=80)  # e.g. change_external_contact/add_external_contact
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the decrypted XML
+    received_at: datetime = _at(nullable=False)
+    status: str = Field(default="pending", max_length=16)  # pending | running | done | failed
+    attempts: int = 0
+    next_attempt_at: datetime = _at(nullable=False)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _at()
+    handled_at: datetime | None = _at()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Outbox(SQLModel, table=True):
+    """One intended WeCom call. `key` is the idempotency key: a second add is a no-op."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=160, unique=True)
+    kind: str = Field(max_length=64)  # the WeCom endpoint's last segment: send_welcome_msg, send, …
+    payload: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | running | done | expired | dead
+    created_at: datetime = _at(nullable=False)
+    deadline: datetime | None = _at()
+    next_attempt_at: datetime = _at(nullable=False)
+    attempts: int = 0
+    claimed_by: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _at()
+    done_at: datetime | None = _at()
+    last_errcode: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    result: dict | None = Field(default=None, sa_column=Column(JSON))
+
+
+class Store(SQLModel, table=True):
+    """A store as configured, plus what `sync` created for it at WeCom."""
+
+    __tablename__ = "store"
+
+    code: str = Field(primary_key=True, max_length=30)
+    name: str = Field(max_length=100)
+    clerks: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    benefit: str | None = Field(default=None, max_length=200)
+    contact_way_config_id: str | None = Field(default=None, max_length=64)
+    contact_way_qr_code: str | None = Field(default=None, max_length=500)
+    join_way_config_id: str | None = Field(default=None, max_length=64)
+    join_way_qr_code: str | None = Field(default=None, max_length=500)
+    join_way_chat_ids: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    synced_at: datetime | None = _at()
+
+
+class GroupChat(SQLModel, table=True):
+    """A clerk's customer group as last read from groupchat/get."""
+
+    __tablename__ = "group_chat"
+
+    chat_id: str = Field(primary_key=True, max_length=64)
+    store_code: str = Field(index=True, max_length=30)
+    owner: str = Field(max_length=64)
+    name: str | None = Field(default=None, max_length=100)
+    member_count: int = 0
+    member_version: str | None = Field(default=None, max_length=64)
+    synced_at: datetime | None = _at()
+
+
+class MediaCache(SQLModel, table=True):
+    """Temporary media (media/upload, 3 days) keyed by what it shows; re-uploaded before expiry."""
+
+    __tablename__ = "media_cache"
+
+    key: str = Field(primary_key=True, max_length=160)  # e.g. group_qr:SZ001
+    source: str = Field(max_length=500)  # what was uploaded (URL or file digest): a change re-uploads
+    media_id: str = Field(max_length=200)
+    uploaded_at: datetime = _at(nullable=False)
+    expires_at: datetime = _at(nullable=False)
+
+
+class Welcome(SQLModel, table=True):
+    """What became of each new contact's welcome: one row per add event."""
+
+    __tablename__ = "welcome"
+    __table_args__ = (UniqueConstraint("event_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(index=True)
+    store_code: str | None = Field(default=None, index=True, max_length=30)
+    state: str | None = Field(default=None, max_length=30)
+    userid: str = Field(max_length=64)
+    external_userid: str = Field(max_length=64)
+    welcome_code: str | None = Field(default=None, max_length=128)
+    status: str = Field(max_length=16)  # queued | sent | already | expired | skipped | failed
+    reason: str | None = Field(default=None, max_length=64)
+    event_at: datetime = _at(nullable=False)  # when the bot received the add event
+    sent_at: datetime | None = _at()
+    latency_ms: int | None = None
+    qr_attached: bool = False
+
+
+class WeComToken(SQLModel, table=True):
+    """The app's access_token, shared by every process; the lease lets one process refresh."""
+
+    __tablename__ = "wecom_token"
+
+    key: str = Field(primary_key=True, max_length=160)
+    value: str | None = Field(default=None, max_length=600)
+    expires_at: datetime | None = _at()
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _at()

@@ -1,0 +1,71 @@
+"""Temporary media (media/upload): a media_id lives 3 days, so cache it with its age and upload
+again after 2.5 days, or when what it shows changed (the source)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.clock import Clock
+from bot.db.models import MediaCache
+from bot.wecom.client import WeComClient
+
+log = logging.getLogger(__name__)
+
+LIFETIME = timedelta(days=3)
+REFRESH_AFTER = timedelta(days=2, hours=12)
+
+
+class MediaLibrary:
+    def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock):
+        self.sessions = sessions
+        self.client = client
+        self.clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _fresh(self, row: MediaCache | None, source: str) -> bool:
+        return bool(row and row.source == source and self.clock.now() < row.uploaded_at + REFRESH_AFTER)
+
+    def cached(self, key: str, source: str) -> str | None:
+        with self.sessions() as s:
+            row = s.get(MediaCache, key)
+            return row.media_id if self._fresh(row, source) else None
+
+    def ensure(self, key: str, source: str, load: Callable[[], bytes], *, filename: str,
+               media_type: str = "image", content_type: str = "image/png") -> str:
+        """A media_id for `source`, uploading (once per key at a time in this process) when needed."""
+        if media_id := self.cached(key, source):
+            return media_id
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if media_id := self.cached(key, source):
+                return media_id
+            res = self.client.media.upload(media_type, load(), filename=filename, content_type=content_type)
+            now = self.clock.now()
+            values = dict(source=source, media_id=res["media_id"], uploaded_at=now, expires_at=now + LIFETIME)
+            with self.sessions.begin() as s:
+                row = s.get(MediaCache, key)
+                if row is None:
+                    try:
+                        with s.begin_nested():
+                            s.add(MediaCache(key=key, **values))
+                    except IntegrityError:  # another process uploaded meanwhile: ours is as good
+                        row = s.get(MediaCache, key)
+                if row is not None:
+                    for k, v in values.items():
+                        setattr(row, k, v)
+            log.info("media %s uploaded (%s)", key, res["media_id"][:12])
+            return res["media_id"]
+
+    def forget(self, key: str) -> None:
+        """WeCom rejected the media_id (40007): the next ensure uploads again."""
+        with self.sessions.begin() as s:
+            if row := s.get(MediaCache, key):
+                s.delete(row)

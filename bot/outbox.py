@@ -1,0 +1,153 @@
+"""The transactional outbox: every WeCom side effect is a row first, a call second.
+
+A handler adds a row (idempotency key, deadline) in the same transaction as its state change; a
+worker claims it, calls WeCom through the one client, and settles it by errcode: done, retry at a
+time, expired (its deadline passed), or dead. The unique key makes a re-run of a handler a no-op;
+the lease makes a crashed worker's row due again. A crash between WeCom's answer and the settle can
+repeat a call: every kind is made safe for that at WeCom's side (welcome codes are single use and
+answer 41051; message/send uses enable_duplicate_check).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.clock import Clock
+from bot.db.claim import claim_due
+from bot.db.models import Outbox
+from bot.wecom import errcodes
+from bot.wecom.client import WeComClient, WeComError
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+
+
+def insert_ignore(session: Session, model, values: dict) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True when the row is new."""
+    dialect = session.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(model).values(**values)
+    return session.execute(ins.on_conflict_do_nothing()).rowcount == 1
+
+
+class OutboxRepo:
+    def __init__(self, session: Session, clock: Clock):
+        self.session = session
+        self.clock = clock
+
+    def add(self, kind: str, key: str, payload: dict, *, deadline: datetime | None = None,
+            not_before: datetime | None = None) -> bool:
+        """Queue a WeCom call once per key; False when the key was already queued."""
+        now = self.clock.now()
+        return insert_ignore(self.session, Outbox, dict(
+            key=key, kind=kind, payload=payload, status="pending", created_at=now, deadline=deadline,
+            next_attempt_at=not_before or now, attempts=0))
+
+
+@dataclass
+class Outcome:
+    status: str                       # done | retry | expired | dead
+    errcode: int = 0
+    error: str | None = None
+    result: dict = field(default_factory=dict)
+    retry_in: float = 1.0
+
+
+@dataclass
+class Executor:
+    """How one kind of outbox row is sent and settled.
+
+    send(client, row) -> result dict, raising WeComError; decide(errcode, row, now) -> Outcome;
+    settle(session, row, outcome, now) records the domain outcome in the same transaction.
+    """
+    kind: str
+    send: Callable[[WeComClient, Outbox], dict]
+    decide: Callable[[WeComError, Outbox, datetime], Outcome] | None = None
+    settle: Callable[[Session, Outbox, Outcome, datetime], None] | None = None
+
+
+def default_decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
+    if err.errcode in errcodes.RETRYABLE:
+        wait = 60.0 if err.errcode == errcodes.API_FREQ_LIMIT else min(300.0, 2.0 ** row.attempts)
+        return Outcome("retry", err.errcode, err.errmsg, retry_in=wait)
+    return Outcome("dead", err.errcode, err.errmsg)
+
+
+class OutboxWorker:
+    """Claims due rows and runs them. Several run as threads; several processes may run them too."""
+
+    def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock,
+                 executors: dict[str, Executor], *, owner: str, lease_seconds: int = 30,
+                 batch: int = 8, on_settled: Callable[[Outbox, Outcome], None] | None = None):
+        self.sessions = sessions
+        self.client = client
+        self.clock = clock
+        self.executors = executors
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch = batch
+        self.on_settled = on_settled
+        self._lock = threading.Lock()
+
+    def run_once(self) -> int:
+        """Claim and run one batch; the number of rows run."""
+        with self.sessions.begin() as s:
+            rows = claim_due(s, Outbox, now=self.clock.now(), owner=self.owner, limit=self.batch, lease=self.lease)
+        for row in rows:
+            self._run(row)
+        return len(rows)
+
+    def _run(self, row: Outbox) -> None:
+        ex = self.executors.get(row.kind)
+        now = self.clock.now()
+        if ex is None:
+            outcome = Outcome("dead", error=f"no executor for kind {row.kind!r}")
+        elif row.deadline and now > row.deadline:
+            outcome = Outcome("expired", error="deadline passed before sending")
+        elif row.attempts > MAX_ATTEMPTS:
+            outcome = Outcome("dead", errcode=row.last_errcode or 0, error="too many attempts")
+        else:
+            try:
+                outcome = Outcome("done", result=ex.send(self.client, row) or {})
+            except WeComError as err:
+                outcome = (ex.decide or default_decide)(err, row, self.clock.now())
+            except Exception as err:  # a bug in an executor: keep the row, say why, do not spin
+                log.exception("outbox %s %s: executor failed", row.kind, row.key)
+                outcome = Outcome("retry", errcodes.BAD_RESPONSE, f"{type(err).__name__}: {err}", retry_in=60)
+        self._settle(row, ex, outcome)
+
+    def _settle(self, row: Outbox, ex: Executor | None, outcome: Outcome) -> None:
+        now = self.clock.now()
+        if outcome.status == "retry":
+            at = now + timedelta(seconds=outcome.retry_in)
+            if row.deadline and at > row.deadline:
+                outcome = Outcome("expired", outcome.errcode, outcome.error or "deadline passed while retrying")
+        values: dict[str, Any] = dict(last_errcode=outcome.errcode or None, last_error=outcome.error,
+                                      claimed_by=None, lease_until=None)
+        if outcome.status == "retry":
+            values.update(status="pending", next_attempt_at=now + timedelta(seconds=outcome.retry_in))
+        else:
+            values.update(status=outcome.status, done_at=now, result=outcome.result or None)
+        with self.sessions.begin() as s:
+            res = s.execute(update(Outbox).where(Outbox.id == row.id, Outbox.claimed_by == self.owner,
+                                                 Outbox.status == "running").values(**values))
+            if res.rowcount != 1:
+                log.warning("outbox %s: lease lost before settling (%s)", row.key, outcome.status)
+                return
+            if ex and ex.settle and outcome.status != "retry":
+                ex.settle(s, row, outcome, now)
+        level = logging.INFO if outcome.status in ("done", "retry") else logging.WARNING
+        log.log(level, "outbox %s %s -> %s %s", row.kind, row.key, outcome.status,
+                f"({outcome.errcode} {outcome.error})" if outcome.errcode or outcome.error else "")
+        if self.on_settled:
+            self.on_settled(row, outcome)

@@ -1,0 +1,34 @@
+"""WeCom's own error codes, as the sandbox answers them (shared/wecom-facts.md §9)."""
+
+ERRMSG = {
+    -1: "system busy",
+    40001: "invalid credential / secret",
+    40003: "invalid userid",
+    40006: "invalid media size",
+    40007: "invalid media_id",
+    40014: "invalid access_token",
+    40050: "chatid not found",
+    40058: "invalid parameter",
+    41001: "access_token missing",
+    41044: "invalid config_id",
+    41049: "welcome_code missing",
+    41050: "invalid welcome_code: must be used within 20 seconds of adding",
+    41051: "customer and member already chatting / welcome already sent",
+    41096: "welcome msg is being distributed",
+    42001: "access_token expired",
+    45002: "content size out of limit",
+    45009: "api freq out of limit",
+    47001: "data format error",
+    81013: "user & party & tag all invalid",
+    90501: "chat is not external group chat",
+}
+
+
+class SandboxError(Exception):
+    def __init__(self, errcode: int, errmsg: str | None = None):
+        super().__init__(errcode, errmsg)
+        self.errcode = errcode
+        self.errmsg = errmsg or ERRMSG.get(errcode, "error")
+
+    def body(self) -> dict:
+        return {"errcode": self.errcode, "errmsg": self.errmsg}

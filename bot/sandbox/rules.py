@@ -1,0 +1,34 @@
+"""WeCom's rules as settings: each UNCONFIRMED fact of shared/wecom-facts.md is a knob."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class Rules:
+    token_ttl: int = 7200                 # gettoken expires_in
+    welcome_code_ttl: float = 20.0        # send_welcome_msg window
+    scan_join_limit: int = 200            # scan-to-join stops here (groups hold 500)
+    group_capacity: int = 500
+    per_api_per_minute: int = 10_000      # per corp, per API → 45009 past it
+    api_limits: dict[str, int] = field(default_factory=dict)  # per-endpoint overrides
+    app_msg_per_member_minute: int = 30   # message/send: the excess is dropped silently
+    receive_cap: str = "daily_1"          # daily_1 | weekly_7 | days_in_month
+    groupmsg_confirm: str = "manual"      # manual | immediate: does the owner confirm at once?
+    remind_per_day: int = 3
+    groupchat_get_lag: float = 0.0        # seconds a new member stays invisible to groupchat/get
+    callback_timeout: float = 5.0         # WeCom waits this long for the bot's answer
+    redeliveries: int = 3                 # then redelivers the same payload up to this many times
+    media_ttl: float = 3 * 86400
+
+    def update(self, **changes) -> None:
+        names = {f.name for f in fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown rule(s): {', '.join(sorted(unknown))}")
+        for k, v in changes.items():
+            setattr(self, k, v)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,74 @@
+"""Scheduled jobs (APScheduler 3.11): explicit zone, coalesce, misfire grace of minutes, jobs added
+only when missing. With several processes on PostgreSQL, one holds an advisory lock and schedules."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import select, text
+
+from bot.bootstrap import Container
+from bot.db.models import Store
+from bot.welcome.sender import ensure_group_qr_media
+from bot.wecom.client import WeComError
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_LOCK_KEY = 0x77656362  # "wecb"
+
+
+def refresh_group_qr_media(c: Container) -> int:
+    """Upload each store's group QR again before its media_id's 3 days run out, so a welcome never
+    waits for an upload. Returns how many stores were checked."""
+    with c.sessions() as s:
+        stores = s.execute(select(Store.code, Store.join_way_qr_code).where(Store.join_way_qr_code.is_not(None))).all()
+    for code, qr in stores:
+        try:
+            ensure_group_qr_media(c.media, c.client, code, qr)
+        except WeComError as e:
+            log.warning("group QR media for %s not refreshed: %s", code, e)
+    return len(stores)
+
+
+class Scheduler:
+    def __init__(self, c: Container):
+        self.c = c
+        self.aps = BackgroundScheduler(timezone=c.settings.tz, job_defaults={
+            "coalesce": True, "misfire_grace_time": 300, "max_instances": 1})
+        self._lock_conn = None
+        self._stop = threading.Event()
+
+    def _add_jobs(self) -> None:
+        if not self.aps.get_job("refresh_group_qr_media"):
+            self.aps.add_job(refresh_group_qr_media, "interval", hours=6, args=[self.c], id="refresh_group_qr_media",
+                             next_run_time=self.c.clock.now())
+
+    def _elected(self) -> bool:
+        if self.c.engine.dialect.name != "postgresql":
+            return True  # SQLite: one machine, one serve
+        if self._lock_conn is None:
+            self._lock_conn = self.c.engine.connect()
+        got = self._lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULER_LOCK_KEY}).scalar()
+        self._lock_conn.commit()
+        return bool(got)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="scheduler-election", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._elected():
+                self._add_jobs()
+                self.aps.start()
+                log.info("scheduler started (%s)", self.c.settings.timezone)
+                return
+            self._stop.wait(30)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+        if self._lock_conn is not None:
+            self._lock_conn.close()

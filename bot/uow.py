@@ -1,0 +1,41 @@
+"""Unit of work: one transaction for a handler's state change, its outbox rows and "event handled"."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.clock import Clock
+from bot.db.models import Store
+from bot.outbox import OutboxRepo
+
+
+class StoreRepo:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def by_code(self, code: str | None) -> Store | None:
+        return self.session.get(Store, code) if code else None
+
+
+class UnitOfWork:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock):
+        self.sessions = sessions
+        self.clock = clock
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self.sessions()
+        self.session.begin()
+        self.outbox = OutboxRepo(self.session, self.clock)
+        self.stores = StoreRepo(self.session)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.session.in_transaction():
+            self.session.rollback()  # leaving without commit() undoes everything
+        self.session.close()
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()

@@ -1,0 +1,1 @@
+"""Everything that speaks WeCom's protocol. wechatpy stops here: the domain never imports it."""

@@ -1,0 +1,8 @@
+"""WeCom API families wechatpy lacks or gets wrong; one small class per family."""
+
+from bot.wecom.api.group_chat import GroupChatAPI
+from bot.wecom.api.groupmsg import GroupMsgAPI
+from bot.wecom.api.join_way import JoinWayAPI
+from bot.wecom.api.media import MediaAPI
+
+__all__ = ["GroupChatAPI", "GroupMsgAPI", "JoinWayAPI", "MediaAPI"]

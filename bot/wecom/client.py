@@ -1,0 +1,172 @@
+"""The one WeCom client: every call to WeCom goes through `WeComClient._request`.
+
+A wechatpy WeChatClient with what production needs and wechatpy leaves out (shared/STYLE.md §1):
+the configured base URL for every call including gettoken, timeouts, one token refresh on
+40001/40014/42001 (wechatpy retries those without bound), back-off on -1/45009/45033/5xx/network
+errors inside a retry budget, uploads re-sent from bytes, a token shared across processes, and
+the endpoints wechatpy lacks (join ways, the groupmsg v2 family, need_name).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import requests
+from wechatpy.exceptions import WeChatClientException
+from wechatpy.work import WeChatClient
+
+from bot.clock import Clock, SystemClock
+from bot.wecom import errcodes
+from bot.wecom.api import GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
+from bot.wecom.token_store import MemoryTokenStore, TokenStore
+
+log = logging.getLogger(__name__)
+
+
+class WeComError(Exception):
+    """A WeCom call that failed for good: branch on `errcode` (bot.wecom.errcodes)."""
+
+    def __init__(self, errcode: int, errmsg: str, endpoint: str):
+        super().__init__(f"{endpoint}: {errcode} {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg
+        self.endpoint = endpoint
+
+
+def _endpoint(url_or_endpoint: str) -> str:
+    """Path after cgi-bin/, without the query: what logs and metrics name (never the token)."""
+    return url_or_endpoint.split("cgi-bin/", 1)[-1].split("?", 1)[0]
+
+
+CallHook = Callable[[str, int, float], None]  # (endpoint, errcode, seconds)
+
+
+class WeComClient(WeChatClient):
+    external_contact_group_chat = GroupChatAPI()
+    media = MediaAPI()
+    join_way = JoinWayAPI()
+    groupmsg = GroupMsgAPI()
+
+    def __init__(self, corp_id: str, secret: str, *, agent_id: int, api_base_url: str,
+                 token_store: TokenStore | None = None, clock: Clock | None = None,
+                 timeout: float = 5.0, max_attempts: int = 4, backoff_base: float = 0.25,
+                 backoff_cap: float = 4.0, on_call: CallHook | None = None):
+        super().__init__(corp_id, secret, timeout=timeout, auto_retry=False)
+        self.API_BASE_URL = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
+        self.agent_id = agent_id
+        self.clock = clock or SystemClock()
+        self.tokens = token_store or MemoryTokenStore(self.clock)
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.on_call = on_call
+        # Connection pool sized for the worker threads that share this client.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
+
+    # -- token ---------------------------------------------------------------------------
+    @property
+    def access_token(self) -> str:
+        return self.tokens.get(self.access_token_key, self._gettoken)
+
+    def fetch_access_token(self) -> dict:
+        token, expires_in = self._gettoken()
+        return {"access_token": token, "expires_in": expires_in}
+
+    def _gettoken(self) -> tuple[str, int]:
+        """gettoken at the configured base URL, with a timeout; 40001 here is a wrong secret."""
+        started = time.perf_counter()
+        try:
+            res = self._http.get(f"{self.API_BASE_URL}gettoken", timeout=self.timeout,
+                                 params={"corpid": self.corp_id, "corpsecret": self.secret})
+            res.raise_for_status()
+            body = res.json()
+        except requests.RequestException as e:
+            self._hook("gettoken", errcodes.NETWORK_ERROR, started)
+            raise WeComError(errcodes.NETWORK_ERROR, type(e).__name__, "gettoken") from e
+        except ValueError:
+            raise WeComError(errcodes.BAD_RESPONSE, "gettoken answered no JSON", "gettoken") from None
+        errcode = int(body.get("errcode", 0))
+        self._hook("gettoken", errcode, started)
+        if errcode:
+            raise WeComError(errcode, body.get("errmsg", ""), "gettoken")
+        return body["access_token"], int(body.get("expires_in", 7200))
+
+    # -- the one request path ----------------------------------------------------------
+    def backoff(self, attempt: int, errcode: int) -> float:
+        # A frequency limit blocks for its window: wait longer there than for a busy system.
+        base = self.backoff_base * (4 if errcode in (errcodes.API_FREQ_LIMIT, errcodes.API_CONCURRENCY_LIMIT) else 1)
+        return min(self.backoff_cap, base * 2 ** attempt) * (0.5 + random.random() / 2)
+
+    def _request(self, method, url_or_endpoint, **kwargs):
+        endpoint = _endpoint(url_or_endpoint)
+        refreshed = False
+        last = (errcodes.RETRY_BUDGET_SPENT, "retry budget spent")
+        attempt = 0
+        while attempt < self.max_attempts:
+            started = time.perf_counter()
+            token = None
+            try:
+                params = kwargs.setdefault("params", {})
+                if isinstance(params, dict):
+                    token = params.setdefault("access_token", self.access_token)
+                result = super()._request(method, url_or_endpoint, **kwargs)
+                self._hook(endpoint, 0, started)
+                return result
+            except WeChatClientException as e:
+                status = getattr(e.response, "status_code", None)
+                errcode = e.errcode if e.errcode is not None else errcodes.HTTP_ERROR
+                self._hook(endpoint, errcode, started)
+                last = (errcode, str(e.errmsg) if e.errmsg is not None else f"HTTP {status}")
+                if errcode in errcodes.TOKEN_STALE and not refreshed:
+                    refreshed = True  # once: a wrong secret must not loop
+                    if token:
+                        self.tokens.invalidate(self.access_token_key, token)
+                    kwargs["params"].pop("access_token", None)
+                    log.info("%s: token rejected (%s), refreshing once", endpoint, errcode)
+                    continue  # the refresh does not spend an attempt
+                if errcode == errcodes.HTTP_ERROR and status is not None and status < 500:
+                    raise WeComError(errcode, last[1], endpoint) from e
+                if errcode not in errcodes.RETRYABLE:
+                    raise WeComError(errcode, last[1], endpoint) from e
+            except requests.RequestException as e:
+                self._hook(endpoint, errcodes.NETWORK_ERROR, started)
+                last = (errcodes.NETWORK_ERROR, type(e).__name__)
+            except WeComError as e:  # from gettoken
+                if e.errcode not in errcodes.RETRYABLE:
+                    raise
+                last = (e.errcode, e.errmsg)
+            attempt += 1
+            if attempt < self.max_attempts:
+                delay = self.backoff(attempt - 1, last[0])
+                log.info("%s: %s %s, retry %d in %.2fs", endpoint, last[0], last[1], attempt, delay)
+                self.clock.sleep(delay)
+        raise WeComError(last[0], f"{last[1]} (after {self.max_attempts} attempts)", endpoint)
+
+    def _hook(self, endpoint: str, errcode: int, started: float) -> None:
+        if self.on_call:
+            self.on_call(endpoint, errcode, time.perf_counter() - started)
+
+    # -- helpers over the families -------------------------------------------------------
+    def fetch_url(self, url: str) -> bytes:
+        """Bytes of a WeCom-hosted resource (a join way's qr_code image), with timeout and retries."""
+        for attempt in range(self.max_attempts):
+            try:
+                res = self._http.get(url, timeout=self.timeout)
+                if res.status_code < 500:
+                    res.raise_for_status()
+                    return res.content
+            except requests.HTTPError as e:
+                raise WeComError(errcodes.HTTP_ERROR, str(e), "fetch_url") from e
+            except requests.RequestException:
+                pass
+            self.clock.sleep(self.backoff(attempt, errcodes.NETWORK_ERROR))
+        raise WeComError(errcodes.RETRY_BUDGET_SPENT, f"could not fetch {url}", "fetch_url")
+
+    def send_app_text(self, userids: list[str], content: str) -> dict:
+        """message/send text to clerks; WeCom drops the excess over 30/min per member silently."""
+        return self.message.send_text(self.agent_id, "|".join(userids), content)

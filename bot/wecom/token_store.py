@@ -1,0 +1,137 @@
+"""access_token shared by every process of the bot, refreshed by one of them at a time.
+
+The token lives in the `wecom_token` row. A process that finds it missing or near expiry takes a
+short lease with a conditional UPDATE (works the same on SQLite and PostgreSQL); the others wait
+for the new value instead of all calling gettoken at once (a thundering herd trips 45033).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.clock import Clock
+from bot.db.models import WeComToken
+
+log = logging.getLogger(__name__)
+
+EARLY_REFRESH = timedelta(seconds=300)   # refresh this long before expires_in runs out
+LEASE = timedelta(seconds=15)
+Fetch = Callable[[], tuple[str, int]]    # -> (access_token, expires_in)
+
+
+class TokenStore(Protocol):
+    def get(self, key: str, fetch: Fetch) -> str: ...
+
+    def invalidate(self, key: str, token: str) -> None:
+        """Forget `token` if it is still the current one (another caller may have refreshed)."""
+
+
+class MemoryTokenStore:
+    """One process only (tests, scripts)."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self._tokens: dict[str, tuple[str, datetime]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, fetch: Fetch) -> str:
+        with self._lock:
+            cur = self._tokens.get(key)
+            if cur and cur[1] - EARLY_REFRESH > self.clock.now():
+                return cur[0]
+            token, expires_in = fetch()
+            self._tokens[key] = (token, self.clock.now() + timedelta(seconds=expires_in))
+            return token
+
+    def invalidate(self, key: str, token: str) -> None:
+        with self._lock:
+            if self._tokens.get(key, ("",))[0] == token:
+                del self._tokens[key]
+
+
+class SqlTokenStore:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, poll_seconds: float = 0.05):
+        self.sessions = sessions
+        self.clock = clock
+        self.poll = poll_seconds
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self._local: dict[str, tuple[str, datetime]] = {}
+        self._lock = threading.Lock()  # one thread per process goes to the database
+
+    def get(self, key: str, fetch: Fetch) -> str:
+        cached = self._local.get(key)
+        if cached and cached[1] - EARLY_REFRESH > self.clock.now():
+            return cached[0]
+        with self._lock:
+            cached = self._local.get(key)
+            if cached and cached[1] - EARLY_REFRESH > self.clock.now():
+                return cached[0]
+            token, expires_at = self._get_shared(key, fetch)
+            self._local[key] = (token, expires_at)
+            return token
+
+    def invalidate(self, key: str, token: str) -> None:
+        with self._lock:
+            if self._local.get(key, ("",))[0] == token:
+                self._local.pop(key, None)
+            with self.sessions.begin() as s:
+                s.execute(update(WeComToken).where(WeComToken.key == key, WeComToken.value == token)
+                          .values(value=None, expires_at=None))
+
+    def _fresh(self, row: WeComToken | None) -> bool:
+        return bool(row and row.value and row.expires_at and row.expires_at - EARLY_REFRESH > self.clock.now())
+
+    def _get_shared(self, key: str, fetch: Fetch) -> tuple[str, datetime]:
+        deadline = self.clock.timestamp() + LEASE.total_seconds() * 2
+        while True:
+            with self.sessions() as s:
+                row = s.get(WeComToken, key)
+                if self._fresh(row):
+                    return row.value, row.expires_at
+            if self._take_lease(key):
+                try:
+                    token, expires_in = fetch()
+                except BaseException:
+                    self._release(key)
+                    raise
+                expires_at = self.clock.now() + timedelta(seconds=expires_in)
+                with self.sessions.begin() as s:
+                    s.execute(update(WeComToken).where(WeComToken.key == key)
+                              .values(value=token, expires_at=expires_at, lease_owner=None, lease_until=None))
+                log.info("access_token refreshed", extra={"token_key": key[:12]})
+                return token, expires_at
+            if self.clock.timestamp() > deadline:
+                # The lease holder died or hangs: its lease has run out, so ours will come.
+                log.warning("waited %.0fs for another process to refresh the token", LEASE.total_seconds() * 2)
+                deadline = self.clock.timestamp() + LEASE.total_seconds() * 2
+            self.clock.sleep(self.poll)
+
+    def _take_lease(self, key: str) -> bool:
+        now = self.clock.now()
+        with self.sessions.begin() as s:
+            if s.get(WeComToken, key) is None:
+                try:
+                    with s.begin_nested():
+                        s.add(WeComToken(key=key))
+                except IntegrityError:
+                    pass
+            res = s.execute(
+                update(WeComToken)
+                .where(and_(WeComToken.key == key,
+                            or_(WeComToken.lease_until.is_(None), WeComToken.lease_until < now)))
+                .values(lease_owner=self.owner, lease_until=now + LEASE))
+            return res.rowcount == 1
+
+    def _release(self, key: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(WeComToken).where(WeComToken.key == key, WeComToken.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_until=None))

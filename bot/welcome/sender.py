@@ -1,0 +1,92 @@
+"""The send_welcome_msg executor: attachments resolved at send time (media_ids expire), errcodes
+settled per shared/wecom-facts.md §3: 41051 done, 41096 retry inside the window, 41050 expired."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.db.models import Outbox, Store, Welcome
+from bot.media import MediaLibrary
+from bot.outbox import Executor, Outcome, default_decide
+from bot.welcome.content import WelcomeContent
+from bot.wecom import errcodes
+from bot.wecom.client import WeComClient, WeComError
+
+log = logging.getLogger(__name__)
+
+
+def group_qr_media_key(store_code: str) -> str:
+    return f"group_qr:{store_code}"
+
+
+def ensure_group_qr_media(media: MediaLibrary, client: WeComClient, store_code: str, qr_url: str) -> str:
+    return media.ensure(group_qr_media_key(store_code), qr_url, lambda: client.fetch_url(qr_url),
+                        filename=f"{store_code}-group-qr.png")
+
+
+def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, content: WelcomeContent) -> Executor:
+    def send(client: WeComClient, row: Outbox) -> dict:
+        p = row.payload
+        attachments, notes, qr_attached = [], [], False
+        if p.get("attach_group_qr"):
+            with sessions() as s:
+                store = s.get(Store, p["store_code"])
+                qr_url = store.join_way_qr_code if store else None
+            if not qr_url:
+                notes.append("no_join_way")
+            else:
+                try:
+                    media_id = ensure_group_qr_media(media, client, p["store_code"], qr_url)
+                    attachments.append({"msgtype": "image", "image": {"media_id": media_id}})
+                    qr_attached = True
+                except WeComError as e:
+                    # The text still goes out inside the window; the QR's absence is recorded.
+                    log.warning("welcome %s: group QR not attached (%s)", row.key, e)
+                    notes.append("qr_upload_failed")
+        for extra in p.get("attachments", []):
+            if "image" in extra:
+                path = content.attachment_path(extra["image"])
+                data = path.read_bytes()
+                digest = hashlib.sha256(data).hexdigest()[:16]
+                media_id = media.ensure(f"file:{digest}", digest, lambda d=data: d, filename=path.name)
+                attachments.append({"msgtype": "image", "image": {"media_id": media_id}})
+            elif "link" in extra:
+                attachments.append({"msgtype": "link", "link": extra["link"]})
+        client.external_contact.send_welcome_msg(
+            {"welcome_code": p["welcome_code"], "text": {"content": p["text"]}, "attachments": attachments[:9]})
+        return {"qr_attached": qr_attached, "attachments": len(attachments), "notes": notes}
+
+    def decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
+        if err.errcode == errcodes.WELCOME_ALREADY_SENT:
+            return Outcome("done", err.errcode, "already delivered", result={"already": True})
+        if err.errcode in (errcodes.WELCOME_CODE_INVALID, errcodes.WELCOME_CODE_MISSING):
+            return Outcome("expired", err.errcode, err.errmsg)
+        if err.errcode == errcodes.WELCOME_BEING_SENT:
+            return Outcome("retry", err.errcode, err.errmsg, retry_in=1.0)
+        if err.errcode == errcodes.INVALID_MEDIA_ID:
+            media.forget(group_qr_media_key(row.payload["store_code"]))
+            return Outcome("retry", err.errcode, err.errmsg, retry_in=0.1)
+        if err.errcode in errcodes.RETRYABLE:  # short steps: the window is 20 s, not minutes
+            return Outcome("retry", err.errcode, err.errmsg, retry_in=min(4.0, 0.5 * 2 ** row.attempts))
+        return default_decide(err, row, now)
+
+    def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
+        welcome = s.query(Welcome).filter_by(event_id=row.payload["event_id"]).one_or_none()
+        if welcome is None:
+            return
+        status = {"done": "already" if outcome.result.get("already") else "sent",
+                  "expired": "expired", "dead": "failed"}[outcome.status]
+        notes = outcome.result.get("notes") or []
+        reason = (notes[0] if notes else None) if outcome.status == "done" else \
+            (f"errcode {outcome.errcode}" if outcome.errcode else outcome.error)
+        s.execute(update(Welcome).where(Welcome.id == welcome.id).values(
+            status=status, sent_at=now if outcome.status == "done" else None,
+            latency_ms=int((now - welcome.event_at).total_seconds() * 1000),
+            qr_attached=bool(outcome.result.get("qr_attached")), reason=(reason or None) and str(reason)[:64]))
+
+    return Executor("send_welcome_msg", send, decide, settle)
