@@ -12,16 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bot.app import create_app
-from bot.bootstrap import bootstrap
-from bot.clock import SystemClock
-from bot.config import Settings
 from bot.db.models import Event, Outbox, Welcome
 from bot.sandbox.backend import WeComBackend
-from bot.sandbox.driver import Driver
-from bot.sandbox.routes import create_sandbox_app
-from bot.sandbox.seed import new_corp, seed_stores
-from bot.serving import ServerThread
+from bot.sandbox.harness import Harness
 
 DEMO_STORES = [
     {"code": "SZ001", "name": "深圳科技园店", "clerks": ["zhangsan"]},
@@ -45,32 +38,13 @@ def _ms(values: list[float]) -> str:
 
 def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="wecom-bot-demo-"))
-    clock = SystemClock()
-    corp = new_corp()
-    backend = WeComBackend(corp, clock)
-    sandbox_app = create_sandbox_app(backend)
-    sandbox = ServerThread(sandbox_app).start()
-    backend.public_url = sandbox.url
-    calendar = Path(calendar_dir or "content_calendar").resolve()
-
-    settings = Settings.model_validate({
-        "database_url": f"sqlite:///{tmp / 'demo.db'}",
-        "admin_token": "demo",
-        "calendar_dir": str(calendar),
-        "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret, "token": corp.token,
-                  "encoding_aes_key": corp.encoding_aes_key, "api_base_url": f"{sandbox.url}/cgi-bin/"},
-        "stores": DEMO_STORES,
-    })
-    seeded = seed_stores(backend, settings.stores)
+    h = Harness(database_url=f"sqlite:///{tmp / 'demo.db'}", stores=DEMO_STORES, calendar_dir=calendar_dir)
+    h.start()
+    backend, c, driver, settings = h.backend, h.c, h.driver, h.cfg
     backend.add_clerk("wangwu", admin_welcome=True)  # has a console welcome set: WeCom issues no code
-    print(f"WeCom sandbox  {sandbox.url}  (corp {corp.corp_id}, {sum(map(len, seeded.values()))} customer groups)")
-
-    c = bootstrap(settings, clock=clock, migrate=True)
-    bot = ServerThread(create_app(c)).start()
-    c.start_workers()
-    driver = Driver(backend, f"{bot.url}/wecom/callback")
-    sandbox_app.state.driver = driver
-    print(f"wecom-bot      {bot.url}  (SQLite {tmp / 'demo.db'}; content {calendar})")
+    print(f"WeCom sandbox  {h.sandbox.url}  (corp {h.corp.corp_id}, {sum(map(len, h.groups.values()))} customer groups)")
+    print(f"wecom-bot      {h.bot.url}  (SQLite {tmp / 'demo.db'}; content {h.calendar_dir})")
+    bot, sandbox = h.bot, h.sandbox
 
     try:
         res = driver.verify_url()
@@ -113,9 +87,7 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
     except KeyboardInterrupt:
         return 0
     finally:
-        c.close()
-        bot.stop()
-        sandbox.stop()
+        h.stop()
 
 
 def _no_code(backend: WeComBackend) -> int:
