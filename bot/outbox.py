@@ -37,7 +37,9 @@ def insert_ignore(session: Session, model, values: dict) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when the row is new."""
     dialect = session.get_bind().dialect.name
     ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(model).values(**values)
-    return session.execute(ins.on_conflict_do_nothing()).rowcount == 1
+    # RETURNING, not rowcount: psycopg reports no rowcount for this statement through SQLAlchemy.
+    pk = next(iter(model.__table__.primary_key.columns))
+    return session.execute(ins.on_conflict_do_nothing().returning(pk)).first() is not None
 
 
 class OutboxRepo:
