@@ -124,10 +124,14 @@ class SqlTokenStore:
                         s.add(WeComToken(key=key))
                 except IntegrityError:
                     pass
+            # Only while the token still needs refreshing: a process that saw it stale must not
+            # take the lease just after another one stored a fresh token.
             res = s.execute(
                 update(WeComToken)
                 .where(and_(WeComToken.key == key,
-                            or_(WeComToken.lease_until.is_(None), WeComToken.lease_until < now)))
+                            or_(WeComToken.lease_until.is_(None), WeComToken.lease_until < now),
+                            or_(WeComToken.value.is_(None), WeComToken.expires_at.is_(None),
+                                WeComToken.expires_at <= now + EARLY_REFRESH)))
                 .values(lease_owner=self.owner, lease_until=now + LEASE))
             return res.rowcount == 1
 
