@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from bot.db.engine import reads_of
 from bot.db.models import Event, Outbox, Welcome
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.harness import Harness
@@ -95,13 +96,13 @@ def _no_code(backend: WeComBackend) -> int:
 
 
 def _pending(c) -> int:
-    with c.sessions() as s:
+    with reads_of(c.sessions)() as s:
         return (s.scalar(select(func.count()).select_from(Outbox).where(Outbox.status.in_(["pending", "running"])))
                 + s.scalar(select(func.count()).select_from(Event).where(Event.status.in_(["pending", "running"]))))
 
 
 def _summary(c, backend: WeComBackend, deliveries, dup_statuses, seconds: float) -> None:
-    with c.sessions() as s:
+    with reads_of(c.sessions)() as s:
         welcomes = s.scalars(select(Welcome)).all()
         events = s.scalar(select(func.count()).select_from(Event))
     adds = [d for d in deliveries if d.kind == "change_external_contact/add_external_contact"]

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
+from bot.db.engine import reads_of
 from bot.db.models import MediaCache
 from bot.wecom.client import WeComClient
 
@@ -24,6 +25,7 @@ REFRESH_AFTER = timedelta(days=2, hours=12)
 class MediaLibrary:
     def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock):
         self.sessions = sessions
+        self.reads = reads_of(sessions)
         self.client = client
         self.clock = clock
         self._locks: dict[str, threading.Lock] = {}
@@ -33,7 +35,7 @@ class MediaLibrary:
         return bool(row and row.source == source and self.clock.now() < row.uploaded_at + REFRESH_AFTER)
 
     def cached(self, key: str, source: str) -> str | None:
-        with self.sessions() as s:
+        with self.reads() as s:
             row = s.get(MediaCache, key)
             return row.media_id if self._fresh(row, source) else None
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
 from bot.config import Store as StoreConfig
+from bot.db.engine import reads_of
 from bot.db.models import GroupChat, Store
 from bot.media import MediaLibrary
 from bot.welcome.sender import ensure_group_qr_media
@@ -79,6 +80,7 @@ def pick_join_chats(groups: Sequence[GroupChat], current: Sequence[str]) -> list
 class Provisioner:
     def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock, media: MediaLibrary):
         self.sessions = sessions
+        self.reads = reads_of(sessions)
         self.client = client
         self.clock = clock
         self.media = media
@@ -138,7 +140,7 @@ class Provisioner:
     def _contact_way(self, cfg: StoreConfig, result: StoreSyncResult) -> None:
         api = self.client.external_contact
         want_type = 1 if len(cfg.clerks) == 1 else 2
-        with self.sessions() as s:
+        with self.reads() as s:
             config_id = s.get(Store, cfg.code).contact_way_config_id
         current = None
         if config_id:
@@ -179,7 +181,7 @@ class Provisioner:
             result.error = (f"no customer groups owned by {', '.join(cfg.clerks)}: "
                             "a clerk must create one in WeCom before the store has a group QR")
             return
-        with self.sessions() as s:
+        with self.reads() as s:
             store = s.get(Store, cfg.code)
             config_id, current_chats = store.join_way_config_id, list(store.join_way_chat_ids or [])
         current = None

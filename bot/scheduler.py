@@ -10,6 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select, text
 
 from bot.bootstrap import Container
+from bot.db.engine import reads_of
 from bot.db.models import Store
 from bot.welcome.sender import ensure_group_qr_media
 from bot.wecom.client import WeComError
@@ -22,7 +23,7 @@ SCHEDULER_LOCK_KEY = 0x77656362  # "wecb"
 def refresh_group_qr_media(c: Container) -> int:
     """Upload each store's group QR again before its media_id's 3 days run out, so a welcome never
     waits for an upload. Returns how many stores were checked."""
-    with c.sessions() as s:
+    with reads_of(c.sessions)() as s:
         stores = s.execute(select(Store.code, Store.join_way_qr_code).where(Store.join_way_qr_code.is_not(None))).all()
     for code, qr in stores:
         try:

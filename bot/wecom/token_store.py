@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
+from bot.db.engine import reads_of
 from bot.db.models import WeComToken
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class MemoryTokenStore:
 class SqlTokenStore:
     def __init__(self, sessions: sessionmaker[Session], clock: Clock, poll_seconds: float = 0.05):
         self.sessions = sessions
+        self.reads = reads_of(sessions)
         self.clock = clock
         self.poll = poll_seconds
         self.owner = f"{uuid.uuid4().hex[:12]}"
@@ -93,7 +95,7 @@ class SqlTokenStore:
     def _get_shared(self, key: str, fetch: Fetch) -> tuple[str, datetime]:
         deadline = self.clock.timestamp() + LEASE.total_seconds() * 2
         while True:
-            with self.sessions() as s:
+            with self.reads() as s:
                 row = s.get(WeComToken, key)
                 if self._fresh(row):
                     return row.value, row.expires_at

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.db.engine import reads_of
 from bot.db.models import Outbox, Store, Welcome
 from bot.media import MediaLibrary
 from bot.outbox import Executor, Outcome, default_decide
@@ -30,11 +31,13 @@ def ensure_group_qr_media(media: MediaLibrary, client: WeComClient, store_code: 
 
 
 def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, content: WelcomeContent) -> Executor:
+    reads = reads_of(sessions)
+
     def send(client: WeComClient, row: Outbox) -> dict:
         p = row.payload
         attachments, notes, qr_attached = [], [], False
         if p.get("attach_group_qr"):
-            with sessions() as s:
+            with reads() as s:
                 store = s.get(Store, p["store_code"])
                 qr_url = store.join_way_qr_code if store else None
             if not qr_url:

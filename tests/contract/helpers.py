@@ -1,10 +1,11 @@
 from sqlalchemy import func, select
 
+from bot.db.engine import reads_of
 from bot.db.models import Event, Outbox, Welcome
 
 
 def count(h, model, **where) -> int:
-    with h.c.sessions() as s:
+    with reads_of(h.c.sessions)() as s:
         q = select(func.count()).select_from(model)
         for k, v in where.items():
             q = q.where(getattr(model, k) == v)
@@ -12,12 +13,12 @@ def count(h, model, **where) -> int:
 
 
 def welcomes(h) -> list[Welcome]:
-    with h.c.sessions() as s:
+    with reads_of(h.c.sessions)() as s:
         return list(s.scalars(select(Welcome).order_by(Welcome.id)))
 
 
 def outbox(h) -> list[Outbox]:
-    with h.c.sessions() as s:
+    with reads_of(h.c.sessions)() as s:
         return list(s.scalars(select(Outbox).order_by(Outbox.id)))
 
 

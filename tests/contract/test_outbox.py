@@ -1,0 +1,118 @@
+"""Durability: a crash or restart never loses or repeats a send; racing workers never double-send."""
+
+import threading
+from datetime import timedelta
+
+from bot import events as ev
+from bot.db.claim import claim_due
+from bot.db.models import Event, Outbox
+from bot.inbox import EventDispatcher
+from bot.uow import UnitOfWork
+from tests.contract.helpers import count, outbox, welcomes
+
+
+def queue_app_messages(h, n, kind="send"):
+    with UnitOfWork(h.c.sessions, h.clock) as uow:
+        for i in range(n):
+            uow.outbox.add(kind, f"test:{i}", {"touser": ["zhangsan"], "msgtype": "text",
+                                               "content": {"content": f"消息 {i}"}})
+        uow.commit()
+
+
+def test_outbox_add_is_idempotent_by_key(harness):
+    queue_app_messages(harness, 3)
+    queue_app_messages(harness, 3)
+    assert count(harness, Outbox) == 3
+
+
+def test_restart_with_pending_events_and_outbox_rows_sends_each_once(synced):
+    h = synced
+    for _ in range(4):
+        h.driver.member_adds_clerk("SZ001")
+    h.c.dispatcher("before-crash").run_once()        # events handled, welcomes queued, none sent
+    for _ in range(2):
+        h.driver.member_adds_clerk("SZ002")          # stored, not yet handled
+    assert count(h, Outbox, status="pending") == 4 and count(h, Event, status="pending") == 2
+    h.restart_bot()
+    h.with_workers = True
+    h.c.start_workers()
+    assert h.wait_for(lambda: len(h.backend.welcomes) == 6)
+    assert {w.status for w in welcomes(h)} == {"sent"}
+    assert h.backend.calls["externalcontact/send_welcome_msg"] == 6
+
+
+def test_a_crashed_workers_row_is_reclaimed_after_its_lease(harness):
+    h = harness
+    queue_app_messages(h, 1)
+    with h.c.sessions.begin() as s:                   # worker A claims, then dies before sending
+        (row,) = claim_due(s, Outbox, now=h.clock.now(), owner="A", limit=1, lease=timedelta(seconds=30))
+    b = h.c.outbox_worker("B")
+    assert b.run_once() == 0                          # leased: nobody else takes it
+    h.clock.advance(31)
+    assert b.run_once() == 1
+    (row,) = outbox(h)
+    assert row.status == "done" and row.attempts == 2
+    assert len(h.backend.app_messages) == 1
+
+
+def test_racing_workers_send_each_row_once(harness):
+    h = harness
+    queue_app_messages(h, 60)
+    workers = [h.c.outbox_worker(f"w{i}") for i in range(4)]
+
+    def drain(w):
+        while w.run_once():
+            pass
+
+    threads = [threading.Thread(target=drain, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sent = [m["text"]["content"] for m in h.backend.app_messages]
+    assert sorted(sent) == sorted(f"消息 {i}" for i in range(60))
+    assert count(h, Outbox, status="done") == 60
+
+
+def test_racing_dispatchers_handle_each_event_once(synced):
+    h = synced
+    for _ in range(20):
+        h.driver.member_adds_clerk("SZ001")
+    ds = [h.c.dispatcher(f"d{i}") for i in range(3)]
+
+    def drain(d):
+        while d.run_once():
+            pass
+
+    threads = [threading.Thread(target=drain, args=(d,)) for d in ds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert count(h, Outbox) == 20 and len(welcomes(h)) == 20
+
+
+def test_a_failing_handler_leaves_its_event_retryable(synced):
+    h = synced
+    calls = []
+
+    def broken(evt, uow):
+        calls.append(evt)
+        uow.outbox.add("send", "never", {})
+        raise RuntimeError("boom")
+
+    d = EventDispatcher(h.c.sessions, h.clock, {ev.ContactAdded: [broken]}, {}, owner="t")
+    h.driver.member_adds_clerk("SZ001")
+    assert d.run_once() == 1
+    with h.c.sessions() as s:
+        (e,) = s.query(Event).all()
+    assert e.status == "pending" and "boom" in e.last_error and count(h, Outbox) == 0  # rolled back
+    h.clock.advance(5)
+    assert d.run_once() == 1 and len(calls) == 2
+
+
+def test_unknown_outbox_kind_is_dead_not_spinning(harness):
+    queue_app_messages(harness, 1, kind="no_such_kind")
+    harness.pump()
+    (row,) = outbox(harness)
+    assert row.status == "dead" and "no executor" in row.last_error
