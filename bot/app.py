@@ -9,10 +9,8 @@ import time
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from bot.bootstrap import Container
-from bot.inbox import record
 from bot.wecom.callback import CallbackRejected
 
 log = logging.getLogger(__name__)
@@ -54,9 +52,7 @@ def create_app(c: Container) -> FastAPI:
             inbound = c.verifier.open(msg_signature, timestamp, nonce, body)
         except CallbackRejected as e:
             return rejected(e)
-        created = await run_in_threadpool(record, c.sessions, inbound, c.clock.now())
-        if created:
-            c.doorbell.ring()
+        created = await c.recorder.record(inbound)
         c.metrics.callbacks.labels("stored" if created else "duplicate").inc()
         c.metrics.callback_seconds.observe(time.perf_counter() - started)
         # An empty 200 is WeCom's "received": no passive reply, no retry.

@@ -14,7 +14,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db.engine import make_engine, make_session_factory
 from bot.db.migrate import upgrade
-from bot.inbox import EventDispatcher
+from bot.inbox import EventDispatcher, EventRecorder
 from bot.media import MediaLibrary
 from bot.metrics import Metrics
 from bot.outbox import Executor, Outbox, Outcome, OutboxWorker
@@ -61,6 +61,10 @@ class Container:
     doorbell: Doorbell = field(default_factory=Doorbell)
     executors: dict[str, Executor] = field(default_factory=dict)
     workers: WorkerPool | None = None
+    recorder: EventRecorder | None = None
+
+    def __post_init__(self) -> None:
+        self.recorder = EventRecorder(self.sessions, self.clock, on_stored=self.doorbell.ring)
 
     def migrate(self) -> None:
         upgrade(self.engine)
@@ -97,6 +101,7 @@ class Container:
         return pool
 
     def close(self) -> None:
+        self.recorder.stop()
         if self.workers:
             self.workers.stop()
         self.engine.dispose()

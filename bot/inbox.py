@@ -1,14 +1,17 @@
 """Stored callbacks and the dispatcher that runs handlers from them.
 
-The callback route only records (`record`); the dispatcher claims pending events, parses them
+The callback route only records (EventRecorder); the dispatcher claims pending events, parses them
 into domain events and runs the handlers in one unit of work that also marks the event done. A
 handler that raises leaves its event retryable (with back-off), never silently dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +24,8 @@ from bot import events as ev
 from bot.clock import Clock
 from bot.db.claim import claim_due
 from bot.db.models import Event
-from bot.outbox import insert_ignore
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from bot.uow import UnitOfWork
 from bot.wecom.callback import InboundCallback, parse_event
 
@@ -31,11 +35,93 @@ MAX_EVENT_ATTEMPTS = 6
 Handler = Callable[..., Any]
 
 
-def record(sessions: sessionmaker[Session], cb: InboundCallback, now: datetime) -> bool:
-    """Store a verified callback once. False when it was already stored (a redelivery)."""
-    with sessions.begin() as s:
-        return insert_ignore(s, Event, dict(delivery_key=cb.delivery_key, kind=cb.kind, payload=cb.xml,
-                                            received_at=now, status="pending", attempts=0, next_attempt_at=now))
+class EventRecorder:
+    """Stores verified callbacks with group commit: one transaction for every callback waiting at
+    that moment, so a burst costs one commit, not one per request. Each request is acknowledged
+    only after its row is committed; a failed batch fails its requests (non-200: WeCom retries)."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, on_stored: Callable[[], None] = lambda: None,
+                 max_batch: int = 256):
+        self.sessions = sessions
+        self.clock = clock
+        self.on_stored = on_stored
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    async def record(self, cb: InboundCallback) -> bool:
+        """True when stored now; False when it was stored before (a redelivery)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._ensure_started()
+        self._queue.put((cb, loop, fut))
+        return await fut
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
+                    self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                created = self.store([cb for cb, _, _ in batch])
+            except Exception as e:  # the database is down: these requests fail, WeCom redelivers
+                log.exception("storing %d callbacks failed", len(batch))
+                for _, loop, fut in batch:
+                    loop.call_soon_threadsafe(_settle_future, fut, None, e)
+                continue
+            for (_, loop, fut), new in zip(batch, created):
+                loop.call_soon_threadsafe(_settle_future, fut, new, None)
+            if any(created):
+                self.on_stored()
+
+    def store(self, callbacks: list[InboundCallback]) -> list[bool]:
+        """One INSERT … ON CONFLICT DO NOTHING RETURNING for the batch; per callback, whether it is new."""
+        now = self.clock.now()
+        first: dict[str, InboundCallback] = {}
+        for cb in callbacks:
+            first.setdefault(cb.delivery_key, cb)
+        rows = [dict(delivery_key=cb.delivery_key, kind=cb.kind, payload=cb.xml, received_at=now, status="pending",
+                     attempts=0, next_attempt_at=now) for cb in first.values()]
+        with self.sessions.begin() as s:
+            insert = (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(Event)
+            stored = set(s.scalars(insert.values(rows).on_conflict_do_nothing().returning(Event.delivery_key)))
+        out, seen = [], set()
+        for cb in callbacks:
+            out.append(cb.delivery_key in stored and cb.delivery_key not in seen)
+            seen.add(cb.delivery_key)
+        return out
+
+
+def _settle_future(fut: asyncio.Future, result, error) -> None:
+    if fut.done():  # the request was cancelled (client went away); the row stands either way
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -28,12 +29,48 @@ def make_engine(url: str, **kw) -> Engine:
             # pysqlite's own transaction handling defers BEGIN; issue it ourselves (below).
             dbapi_conn.isolation_level = None
 
+        # SQLite has one writer at a time. Writers in this process queue on a Python lock, which
+        # wakes the next one at once; SQLite's busy handler (for other processes) sleeps in steps
+        # of up to 100 ms, which is what a tail latency is made of.
+        write_lock = threading.Lock()
+        holders: set[int] = set()  # ids of DBAPI connections inside a write transaction
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            # Writers: BEGIN IMMEDIATE takes the write lock up front, so two writers queue on
-            # busy_timeout instead of failing on a lock upgrade. Readers (read_sessions) must not
-            # hold the write lock: a plain BEGIN reads a WAL snapshot beside the writer.
-            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+            # Writers: BEGIN IMMEDIATE takes the write lock up front, so two writers queue
+            # instead of failing on a lock upgrade. Readers (make_read_session_factory) must not
+            # hold it: a plain BEGIN reads a WAL snapshot beside the writer.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+                return
+            dbapi_id = id(conn.connection.dbapi_connection)
+            write_lock.acquire()
+            holders.add(dbapi_id)
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                holders.discard(dbapi_id)
+                write_lock.release()
+                raise
+
+        # Release after the real COMMIT/ROLLBACK (the "commit" event fires before it). The pool's
+        # rollback-on-return ends every transaction here too, so the lock is never left held.
+        dialect = engine.dialect
+
+        def _ending(original):
+            def end(dbapi_connection):
+                # the pool passes its proxy; statements pass the raw sqlite3 connection
+                raw_id = id(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+                try:
+                    original(dbapi_connection)
+                finally:
+                    if raw_id in holders:
+                        holders.discard(raw_id)
+                        write_lock.release()
+            return end
+
+        dialect.do_commit = _ending(dialect.do_commit)
+        dialect.do_rollback = _ending(dialect.do_rollback)
 
         return engine
     return create_engine(url, pool_size=kw.pop("pool_size", 10), max_overflow=20, pool_pre_ping=True, **kw)
