@@ -35,6 +35,15 @@ MAX_EVENT_ATTEMPTS = 6
 Handler = Callable[..., Any]
 
 
+URGENT_KINDS = frozenset({"change_external_contact/add_external_contact",
+                          "change_external_contact/add_half_external_contact", "text"})
+
+
+def priority_of(kind: str) -> int:
+    """A welcome code dies 20 s after the add; a clerk waits for a reply: those go first."""
+    return 0 if kind in URGENT_KINDS else 1
+
+
 class EventRecorder:
     """Stores verified callbacks with group commit: one transaction for every callback waiting at
     that moment, so a burst costs one commit, not one per request. Each request is acknowledged
@@ -104,7 +113,7 @@ class EventRecorder:
         for cb in callbacks:
             first.setdefault(cb.delivery_key, cb)
         rows = [dict(delivery_key=cb.delivery_key, kind=cb.kind, payload=cb.xml, received_at=now, status="pending",
-                     attempts=0, next_attempt_at=now) for cb in first.values()]
+                     attempts=0, next_attempt_at=now, priority=priority_of(cb.kind)) for cb in first.values()]
         with self.sessions.begin() as s:
             insert = (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(Event)
             stored = set(s.scalars(insert.values(rows).on_conflict_do_nothing().returning(Event.delivery_key)))

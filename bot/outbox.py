@@ -48,12 +48,12 @@ class OutboxRepo:
         self.clock = clock
 
     def add(self, kind: str, key: str, payload: dict, *, deadline: datetime | None = None,
-            not_before: datetime | None = None) -> bool:
+            not_before: datetime | None = None, priority: int = 1) -> bool:
         """Queue a WeCom call once per key; False when the key was already queued."""
         now = self.clock.now()
         return insert_ignore(self.session, Outbox, dict(
             key=key, kind=kind, payload=payload, status="pending", created_at=now, deadline=deadline,
-            next_attempt_at=not_before or now, attempts=0))
+            next_attempt_at=not_before or now, attempts=0, priority=priority))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int, lease: timedelta) -> list:
     due = or_(and_(model.status == "pending", model.next_attempt_at <= now),
               and_(model.status == "running", model.lease_until < now))
-    pick = select(model.id).where(due).order_by(model.next_attempt_at, model.id).limit(limit)
+    pick = select(model.id).where(due).order_by(model.priority, model.next_attempt_at, model.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     stmt = (update(model).where(model.id.in_(pick.scalar_subquery()))

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 READ_ONLY = "wecom_bot_read_only"
+
+
+class FairLock:
+    """A FIFO lock: release hands the lock to the longest waiter. threading.Lock is not fair: a
+    worker looping over a backlog re-takes it before a waiting callback writer ever wakes."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        baton.acquire()  # released by the holder: the lock is ours, still marked held
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
 
 
 def make_engine(url: str, **kw) -> Engine:
@@ -32,7 +60,7 @@ def make_engine(url: str, **kw) -> Engine:
         # SQLite has one writer at a time. Writers in this process queue on a Python lock, which
         # wakes the next one at once; SQLite's busy handler (for other processes) sleeps in steps
         # of up to 100 ms, which is what a tail latency is made of.
-        write_lock = threading.Lock()
+        write_lock = FairLock()
         holders: set[int] = set()  # ids of DBAPI connections inside a write transaction
 
         @event.listens_for(engine, "begin")

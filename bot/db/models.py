@@ -19,11 +19,12 @@ class Event(SQLModel, table=True):
     """One WeCom callback, stored once (delivery_key) before it is acknowledged."""
 
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_event_due", "status", "priority", "next_attempt_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     delivery_key: str = Field(max_length=80, unique=True)
     kind: str = Field(max_length=80)  # e.g. change_external_contact/add_external_contact
+    priority: int = 1  # 0 first: adds with a 20 s welcome window, clerks waiting for a reply
     payload: str = Field(sa_column=Column(Text, nullable=False))  # the decrypted XML
     received_at: datetime = _at(nullable=False)
     status: str = Field(default="pending", max_length=16)  # pending | running | done | failed
@@ -39,11 +40,12 @@ class Outbox(SQLModel, table=True):
     """One intended WeCom call. `key` is the idempotency key: a second add is a no-op."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_due", "status", "priority", "next_attempt_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=160, unique=True)
     kind: str = Field(max_length=64)  # the WeCom endpoint's last segment: send_welcome_msg, send, …
+    priority: int = 1  # 0 first: calls with a deadline of seconds (welcomes)
     payload: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default="pending", max_length=16)  # pending | running | done | expired | dead
     created_at: datetime = _at(nullable=False)

@@ -46,5 +46,5 @@ def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent,
                    {"event_id": stored.id, "welcome_code": evt.welcome_code, "store_code": store.code,
                     "text": rendered.text, "attach_group_qr": rendered.attach_group_qr,
                     "attachments": rendered.attachments},
-                   deadline=stored.received_at + WELCOME_WINDOW)
+                   deadline=stored.received_at + WELCOME_WINDOW, priority=0)
     return [WelcomeQueued(store.code, evt.external_userid)]

@@ -116,3 +116,16 @@ def test_unknown_outbox_kind_is_dead_not_spinning(harness):
     harness.pump()
     (row,) = outbox(harness)
     assert row.status == "dead" and "no executor" in row.last_error
+
+
+def test_an_add_jumps_a_backlog_of_group_events(synced):
+    """A welcome code dies in 20 s: adds are handled before a backlog of less urgent events."""
+    h = synced
+    for _ in range(40):
+        h.driver.member_joins_group("SZ001")
+    h.driver.member_adds_clerk("SZ001")
+    d = h.c.dispatcher("d")
+    d.batch = 1
+    d.run_once()
+    assert len(welcomes(h)) == 1
+    assert h.c.outbox_worker("o").run_once() == 1 and len(h.backend.welcomes) == 1

@@ -1,8 +1,8 @@
-"""initial: event, outbox, store, group_chat, media_cache, welcome, wecom_token
+"""initial
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 05:33:47.208537
+Create Date: 2026-11-23 06:10:37.535810
 """
 from alembic import op
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('delivery_key', sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
+    sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('payload', sa.Text(), nullable=False),
     sa.Column('received_at', bot.db.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
@@ -35,7 +36,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('delivery_key')
     )
     with op.batch_alter_table('event', schema=None) as batch_op:
-        batch_op.create_index('ix_event_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_event_due', ['status', 'priority', 'next_attempt_at'], unique=False)
 
     op.create_table('group_chat',
     sa.Column('chat_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -62,6 +63,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('created_at', bot.db.types.UTCDateTime(timezone=True), nullable=False),
@@ -78,7 +80,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('key')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_outbox_due', ['status', 'priority', 'next_attempt_at'], unique=False)
 
     op.create_table('store',
     sa.Column('code', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=False),
