@@ -19,6 +19,19 @@ def queue_app_messages(h, n, kind="send"):
         uow.commit()
 
 
+def drain_in_threads(runners) -> None:
+    """Each runner (dispatcher or outbox worker) in its own thread until nothing is due."""
+    def drain(r):
+        while r.run_once():
+            pass
+
+    threads = [threading.Thread(target=drain, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_outbox_add_is_idempotent_by_key(harness):
     queue_app_messages(harness, 3)
     queue_app_messages(harness, 3)
@@ -58,17 +71,7 @@ def test_a_crashed_workers_row_is_reclaimed_after_its_lease(harness):
 def test_racing_workers_send_each_row_once(harness):
     h = harness
     queue_app_messages(h, 60)
-    workers = [h.c.outbox_worker(f"w{i}") for i in range(4)]
-
-    def drain(w):
-        while w.run_once():
-            pass
-
-    threads = [threading.Thread(target=drain, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    drain_in_threads([h.c.outbox_worker(f"w{i}") for i in range(4)])
     sent = [m["text"]["content"] for m in h.backend.app_messages]
     assert sorted(sent) == sorted(f"消息 {i}" for i in range(60))
     assert count(h, Outbox, status="done") == 60
@@ -78,17 +81,7 @@ def test_racing_dispatchers_handle_each_event_once(synced):
     h = synced
     for _ in range(20):
         h.driver.member_adds_clerk("SZ001")
-    ds = [h.c.dispatcher(f"d{i}") for i in range(3)]
-
-    def drain(d):
-        while d.run_once():
-            pass
-
-    threads = [threading.Thread(target=drain, args=(d,)) for d in ds]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    drain_in_threads([h.c.dispatcher(f"d{i}") for i in range(3)])
     assert count(h, Outbox) == 20 and len(welcomes(h)) == 20
 
 
