@@ -72,4 +72,10 @@ class Scheduler:
         if self.aps.running:
             self.aps.shutdown(wait=False)
         if self._lock_conn is not None:
+            # Advisory locks belong to the database session, which a pooled connection outlives:
+            # unlock explicitly, or another process could never be elected.
+            if self.c.engine.dialect.name == "postgresql":
+                self._lock_conn.execute(text("SELECT pg_advisory_unlock_all()"))
+                self._lock_conn.commit()
             self._lock_conn.close()
+            self._lock_conn = None
