@@ -20,6 +20,11 @@ from bot.metrics import Metrics
 from bot.outbox import Executor, Outbox, Outcome, OutboxWorker
 from bot.provisioning import Provisioner
 from bot.welcome.content import WelcomeContent
+from bot.commands.funnel import router as funnel_commands
+from bot.commands.router import CommandRouter, on_clerk_text
+from bot.funnel import facts
+from bot.funnel.attribution import groupchat_get_executor
+from bot.funnel.qr_health import QrHealth, on_contact_added_check
 from bot.welcome.handlers import on_contact_added
 from bot.welcome.sender import welcome_executor
 from bot.wecom.callback import CallbackVerifier
@@ -31,8 +36,18 @@ log = logging.getLogger(__name__)
 
 # Domain event → handlers. Later capabilities (funnel, commands, chains) add theirs here.
 HANDLERS: dict[type, list] = {
-    ev.ContactAdded: [on_contact_added],
+    ev.ContactAdded: [on_contact_added, facts.on_contact_added, on_contact_added_check],
+    ev.FollowUserDeleted: [facts.on_follow_user_deleted],
+    ev.GroupChatChanged: [facts.on_group_chat_changed],
+    ev.ClerkTextReceived: [on_clerk_text],
 }
+
+
+def command_router() -> CommandRouter:
+    """Every clerk command; later capabilities include their routers here."""
+    router = CommandRouter()
+    router.include(funnel_commands)
+    return router
 
 
 def app_message_executor() -> Executor:
@@ -62,15 +77,21 @@ class Container:
     executors: dict[str, Executor] = field(default_factory=dict)
     workers: WorkerPool | None = None
     recorder: EventRecorder | None = None
+    qr_health: QrHealth | None = None
+    commands: CommandRouter | None = None
 
     def __post_init__(self) -> None:
         self.recorder = EventRecorder(self.sessions, self.clock, on_stored=self.doorbell.ring)
+        self.qr_health = QrHealth(self.clock, self.settings.qr_health)
+        self.commands = command_router()
 
     def migrate(self) -> None:
         upgrade(self.engine)
 
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
-        return EventDispatcher(self.sessions, self.clock, HANDLERS, {"welcome_content": self.content},
+        deps = {"welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
+                "command_deps": {"tz": self.settings.tz}}
+        return EventDispatcher(self.sessions, self.clock, HANDLERS, deps,
                                owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
 
     def outbox_worker(self, name: str = "outbox") -> OutboxWorker:
@@ -124,7 +145,8 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, engine: Engine 
     content = WelcomeContent(Path(settings.path(settings.calendar_dir)))
     media = MediaLibrary(sessions, client, clock)
     c = Container(settings, clock, engine, sessions, client, verifier, content, media, metrics)
-    c.executors = {"send_welcome_msg": welcome_executor(sessions, media, content), "send": app_message_executor()}
+    c.executors = {"send_welcome_msg": welcome_executor(sessions, media, content), "send": app_message_executor(),
+                   "groupchat_get": groupchat_get_executor(c.qr_health.on_joins)}
     if migrate:
         c.migrate()
     return c

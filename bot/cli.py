@@ -106,6 +106,41 @@ def cmd_demo(args) -> int:
     return run_demo(members=args.members, serve=args.serve, calendar_dir=args.calendar_dir)
 
 
+def cmd_report(args) -> int:
+    from datetime import date
+
+    from bot.bootstrap import bootstrap
+    from bot.funnel.report import print_report
+
+    settings = _settings(args)
+    c = bootstrap(settings, migrate=True)
+    try:
+        day = date.fromisoformat(args.date) if args.date else c.clock.now().date()
+    except ValueError:
+        print(f"--date {args.date!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return 2
+    print_report(c, day)
+    c.close()
+    return 0
+
+
+def cmd_qr_check(args) -> int:
+    from bot.bootstrap import bootstrap
+    from bot.funnel.qr_health import check_wecom_side
+
+    c = bootstrap(_settings(args), migrate=True)
+    counts = check_wecom_side(c)
+    sent = c.outbox_worker("qr-check")
+    while sent.run_once():  # deliver the alerts now; serve's workers would otherwise
+        pass
+    print(f"{counts['stores']} stores checked: {counts['opened']} new findings, {counts['resolved']} cleared, "
+          f"{counts['repaired']} repaired")
+    from bot.funnel.report import print_findings
+    print_findings(c)
+    c.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wecom-bot", description="WeCom community-operations bot")
     p.add_argument("--config", default="config.yaml", help="config file (default ./config.yaml)")
@@ -133,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     sy = sub.add_parser("sync", help="create or repair each store's contact way and join way")
     sy.add_argument("--concurrency", type=int, default=4)
     sy.set_defaults(func=cmd_sync)
+
+    r = sub.add_parser("report", help="the day's funnel per store, QR findings, welcomes")
+    r.add_argument("--date", default=None, help="YYYY-MM-DD (default today, in the configured zone)")
+    r.set_defaults(func=cmd_report)
+
+    q = sub.add_parser("qr", help="QR health")
+    qs = q.add_subparsers(dest="qr_command", required=True)
+    qc = qs.add_parser("check", help="evaluate QR health now and send the alerts it finds")
+    qc.set_defaults(func=cmd_qr_check)
 
     db = sub.add_parser("db", help="database")
     dbs = db.add_subparsers(dest="db_command", required=True)

@@ -139,15 +139,18 @@ class OutboxWorker:
         if outcome.status == "retry":
             values.update(status="pending", next_attempt_at=now + timedelta(seconds=outcome.retry_in))
         else:
-            values.update(status=outcome.status, done_at=now, result=outcome.result or None)
+            values.update(status=outcome.status, done_at=now)
         with self.sessions.begin() as s:
             res = s.execute(update(Outbox).where(Outbox.id == row.id, Outbox.claimed_by == self.owner,
                                                  Outbox.status == "running").values(**values))
             if res.rowcount != 1:
                 log.warning("outbox %s: lease lost before settling (%s)", row.key, outcome.status)
+                s.rollback()
                 return
             if ex and ex.settle and outcome.status != "retry":
-                ex.settle(s, row, outcome, now)
+                ex.settle(s, row, outcome, now)  # may shrink outcome.result before it is stored
+            if outcome.status != "retry" and outcome.result:
+                s.execute(update(Outbox).where(Outbox.id == row.id).values(result=outcome.result))
         level = logging.INFO if outcome.status in ("done", "retry") else logging.WARNING
         log.log(level, "outbox %s %s -> %s %s", row.kind, row.key, outcome.status,
                 f"({outcome.errcode} {outcome.error})" if outcome.errcode or outcome.error else "")

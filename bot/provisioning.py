@@ -21,6 +21,7 @@ from bot.clock import Clock
 from bot.config import Store as StoreConfig
 from bot.db.engine import reads_of
 from bot.db.models import GroupChat, Store
+from bot.funnel.facts import apply_member_list
 from bot.media import MediaLibrary
 from bot.welcome.sender import ensure_group_qr_media
 from bot.wecom import errcodes
@@ -120,7 +121,7 @@ class Provisioner:
     def _sync_groups(self, cfg: StoreConfig, result: StoreSyncResult) -> list[GroupChat]:
         api = self.client.external_contact_group_chat
         now = self.clock.now()
-        groups = []
+        groups, infos = [], []
         for chat_id in api.list_owned(list(cfg.clerks)):
             try:
                 info = api.get(chat_id)
@@ -128,12 +129,16 @@ class Provisioner:
                 if e.errcode in (errcodes.NOT_CUSTOMER_GROUP, errcodes.INVALID_CHAT_ID):
                     continue
                 raise
+            infos.append(info)
             groups.append(GroupChat(chat_id=chat_id, store_code=cfg.code, owner=info.get("owner", ""),
                                     name=info.get("name"), member_count=len(info.get("member_list", [])),
                                     member_version=info.get("member_version"), synced_at=now))
         with self.sessions.begin() as s:
             for g in groups:
                 s.merge(g)
+            s.flush()
+            for info in infos:  # the member lists: a baseline for join attribution and the scan cap
+                apply_member_list(s, info, now)
         result.groups = len(groups)
         return groups
 

@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 from bot.bootstrap import Container
 from bot.db.engine import reads_of
 from bot.db.models import Store
+from bot.funnel.qr_health import check_wecom_side
 from bot.welcome.sender import ensure_group_qr_media
 from bot.wecom.client import WeComError
 
@@ -42,6 +43,8 @@ class Scheduler:
         self._stop = threading.Event()
 
     def _add_jobs(self) -> None:
+        if not self.aps.get_job("qr_check"):
+            self.aps.add_job(check_wecom_side, "interval", minutes=5, args=[self.c], id="qr_check")
         if not self.aps.get_job("refresh_group_qr_media"):
             self.aps.add_job(refresh_group_qr_media, "interval", hours=6, args=[self.c], id="refresh_group_qr_media",
                              next_run_time=self.c.clock.now())

@@ -134,3 +134,55 @@ class WeComToken(SQLModel, table=True):
     expires_at: datetime | None = _at()
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_until: datetime | None = _at()
+
+
+class FunnelFact(SQLModel, table=True):
+    """One step of the add → join funnel, attributed to a store by its QR `state`.
+
+    kind: add (a customer added a clerk through the store QR), join (joined a store group through
+    the store's group QR), join_other (joined without state: an invite, the owner's own QR),
+    leave (left a store group), clerk_deleted (the customer deleted the clerk)."""
+
+    __tablename__ = "funnel_fact"
+    __table_args__ = (Index("ix_funnel_store_at", "store_code", "at"), Index("ix_funnel_ext", "external_userid"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, unique=True)  # derived from the fact: a re-run adds nothing
+    kind: str = Field(max_length=16)
+    store_code: str | None = Field(default=None, max_length=30)
+    chat_id: str | None = Field(default=None, max_length=64)
+    userid: str | None = Field(default=None, max_length=64)
+    external_userid: str = Field(max_length=64)
+    at: datetime = _at(nullable=False)
+    join_delay_seconds: int | None = None  # join: seconds since this customer's add at the store
+
+
+class GroupMember(SQLModel, table=True):
+    """A customer group's member list as last read from groupchat/get."""
+
+    __tablename__ = "group_member"
+
+    chat_id: str = Field(primary_key=True, max_length=64)
+    userid: str = Field(primary_key=True, max_length=64)
+    type: int = 2
+    join_scene: int | None = None
+    state: str | None = Field(default=None, max_length=30)
+    join_time: int | None = None
+    present: bool = True
+
+
+class QrFinding(SQLModel, table=True):
+    """Something wrong with a store's QR codes, open until it clears. One open finding per
+    (store, kind): `open_key` is set while open and NULL after (NULLs do not collide)."""
+
+    __tablename__ = "qr_finding"
+
+    id: int | None = Field(default=None, primary_key=True)
+    store_code: str = Field(index=True, max_length=30)
+    kind: str = Field(max_length=16)  # stalled | full | gone
+    open_key: str | None = Field(default=None, max_length=64, unique=True)
+    since: datetime = _at(nullable=False)
+    evidence: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    opened_at: datetime = _at(nullable=False)
+    resolved_at: datetime | None = _at()
+    repaired: str | None = Field(default=None, max_length=200)

@@ -1,0 +1,94 @@
+"""A small command registry (aiogram's shape): the trigger sits on the function it triggers, the
+router resolves the clerk once, and `帮助 help` is generated from what is registered."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.db.models import Store
+from bot.events import ClerkTextReceived
+from bot.inbox import StoredEvent
+from bot.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+
+
+@dataclass
+class Clerk:
+    userid: str
+    stores: list[Store] = field(default_factory=list)
+
+    @property
+    def store_codes(self) -> list[str]:
+        return [s.code for s in self.stores]
+
+
+@dataclass
+class Command:
+    names: tuple[str, ...]
+    summary: str
+    handler: Callable[..., Reply]
+
+
+class CommandRouter:
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def command(self, *names: str, summary: str):
+        def register(fn):
+            self.commands.append(Command(tuple(names), summary, fn))
+            return fn
+        return register
+
+    def include(self, other: CommandRouter) -> None:
+        self.commands.extend(other.commands)
+
+    def find(self, word: str) -> Command | None:
+        word = word.lower()
+        return next((c for c in self.commands if word in (n.lower() for n in c.names)), None)
+
+    def help_text(self) -> str:
+        lines = ["可用命令（中文或英文都可以）："]
+        lines += [f"· {' / '.join(c.names)}：{c.summary}" for c in self.commands]
+        return "\n".join(lines)
+
+    def handle(self, text: str, clerk: Clerk, deps: dict[str, Any]) -> Reply:
+        word, _, rest = text.strip().partition(" ")
+        cmd = self.find(word) if word else None
+        if cmd is None:
+            return Reply(("没看懂这条命令。" if word else "") + "\n" + self.help_text())
+        available = {"args": rest.strip(), "clerk": clerk, "router": self, **deps}
+        wanted = inspect.signature(cmd.handler).parameters
+        return cmd.handler(**{k: available[k] for k in wanted})
+
+
+def resolve_clerk(uow: UnitOfWork, userid: str) -> Clerk:
+    stores = [s for s in uow.session.scalars(select(Store).order_by(Store.code)) if userid in (s.clerks or [])]
+    return Clerk(userid, stores)
+
+
+def on_clerk_text(evt: ClerkTextReceived, uow: UnitOfWork, stored: StoredEvent, commands: CommandRouter,
+                  command_deps: dict) -> list:
+    clerk = resolve_clerk(uow, evt.userid)
+    if not clerk.stores:
+        reply = Reply("你还不是任何门店的店员，请联系运营把你加到门店配置里。")
+    else:
+        try:
+            reply = commands.handle(evt.content, clerk, {"uow": uow, "now": stored.received_at, **command_deps})
+        except Exception:  # never silence: a short reply, the details in the log with the event id
+            log.exception("command %r from %s (event %s) failed", evt.content, evt.userid, stored.id)
+            reply = Reply(f"处理出错了，已记录（编号 {stored.id}），请稍后再试。")
+    uow.outbox.add("send", f"reply:{evt.msg_id or stored.id}",
+                   {"touser": [evt.userid], "msgtype": "text", "content": {"content": reply.text[:2000]}}, priority=0)
+    return []

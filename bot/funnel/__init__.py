@@ -1,0 +1,1 @@
+"""The add → join funnel per store QR code, and QR health (stalled, full, gone)."""
