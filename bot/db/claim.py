@@ -23,4 +23,5 @@ def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int,
             .values(status="running", claimed_by=owner, lease_until=now + lease, attempts=model.attempts + 1)
             .returning(model)
             .execution_options(synchronize_session=False))
-    return list(session.scalars(stmt))
+    # RETURNING gives no order: put the batch back in claim order (a clerk's replies in turn).
+    return sorted(session.scalars(stmt), key=lambda r: (r.priority, r.next_attempt_at, r.id))

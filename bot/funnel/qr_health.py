@@ -203,6 +203,27 @@ def store_config(row: Store) -> StoreConfig:
     return StoreConfig(code=row.code, name=row.name, clerks=list(row.clerks), benefit=row.benefit)
 
 
+COUNT_STALE = timedelta(hours=1)
+
+
+def refresh_counts(c, chat_ids: list[str], now: datetime) -> dict[str, int]:
+    """Member counts of a join way's groups: stored ones, read again from WeCom when more than an
+    hour old or near the scan cap (joins through callbacks keep them current in between)."""
+    from bot.funnel.facts import apply_member_list
+
+    with c.sessions() as s:
+        rows = {g.chat_id: g for g in s.scalars(select(GroupChat).where(GroupChat.chat_id.in_(chat_ids)))}
+        stale = [ch for ch in chat_ids if ch not in rows or rows[ch].synced_at is None
+                 or rows[ch].synced_at < now - COUNT_STALE or rows[ch].member_count >= SCAN_JOIN_LIMIT - 10]
+    for chat_id in stale:
+        info = c.client.external_contact_group_chat.get(chat_id)
+        with c.sessions.begin() as s:
+            apply_member_list(s, info, now)
+    with c.sessions() as s:
+        return dict(s.execute(select(GroupChat.chat_id, GroupChat.member_count).where(
+            GroupChat.chat_id.in_(chat_ids))).all())
+
+
 def check_wecom_side(c, store_codes: list[str] | None = None) -> dict[str, int]:
     """The scheduled / `qr check` pass: stalled for every store; full and gone by reading the
     join way and contact way at WeCom; repair what sync can repair. Returns counts."""
@@ -231,10 +252,8 @@ def check_wecom_side(c, store_codes: list[str] | None = None) -> dict[str, int]:
                 detail = f"企业微信找不到门店的二维码配置（{e.errcode}）"
                 way = None
             if way is not None:
-                with c.sessions() as s:
-                    counts_by_chat = dict(s.execute(select(GroupChat.chat_id, GroupChat.member_count).where(
-                        GroupChat.chat_id.in_(way.get("chat_id_list") or []))).all())
                 chats = way.get("chat_id_list") or []
+                counts_by_chat = refresh_counts(c, chats, now)
                 full = chats and all(counts_by_chat.get(ch, 0) >= SCAN_JOIN_LIMIT for ch in chats)
                 if full and not int(way.get("auto_create_room", 0)):
                     problems["full"] = (now, {"groups": len(chats), "auto_create_room": 0})

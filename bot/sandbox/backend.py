@@ -604,6 +604,8 @@ class WeComBackend:
                 (w for w in self.join_ways.values() if w["state"] == state_or_config), None)
             if way is None:
                 raise SandboxError(41044, f"no join way for {state_or_config}")
+            if way["state"] in self.rules.broken_join_states:
+                raise SandboxError(-1, "系统错误，无法加入群聊 (the QR is broken for everyone)")
             group = next((self.groups[c] for c in way["chat_id_list"]
                           if c in self.groups and len(self.groups[c].members) < self.rules.scan_join_limit), None)
             if group is None:
@@ -624,6 +626,47 @@ class WeComBackend:
             return {"ChangeType": "update", "UpdateDetail": "add_member", "ChatId": group.chat_id,
                     "JoinScene": "3", "MemChangeCnt": "1", "MemChangeList": [ext_id],
                     "LastMemVer": last, "CurMemVer": group.member_version}
+
+    def member_invited(self, chat_id: str, inviter: str | None = None) -> dict:
+        """A clerk invites a customer into a group: JoinScene 0, no state."""
+        with self.lock:
+            group = self.groups[chat_id]
+            ext = self._new_external()["external_userid"]
+            now = self.now()
+            last = group.member_version
+            group.members.append(Member(ext, 2, int(now), 1, visible_at=now + self.rules.groupchat_get_lag))
+            group.version += 1
+            return {"ChangeType": "update", "UpdateDetail": "add_member", "ChatId": chat_id, "JoinScene": "0",
+                    "MemChangeCnt": "1", "MemChangeList": [ext], "LastMemVer": last, "CurMemVer": group.member_version}
+
+    def member_leaves(self, chat_id: str, external_userid: str) -> dict:
+        with self.lock:
+            group = self.groups[chat_id]
+            last = group.member_version
+            group.members = [m for m in group.members if m.userid != external_userid]
+            group.version += 1
+            return {"ChangeType": "update", "UpdateDetail": "del_member", "ChatId": chat_id, "QuitScene": "0",
+                    "MemChangeCnt": "1", "MemChangeList": [external_userid], "LastMemVer": last,
+                    "CurMemVer": group.member_version}
+
+    def break_qr(self, state: str, how: str) -> None:
+        """Break a store's group QR the ways it breaks in life:
+        deleted (the join way is gone), full (its groups at the scan cap, auto-create off),
+        nobody (scanning fails for everyone), or fix (undo `nobody`)."""
+        with self.lock:
+            way = next((w for w in self.join_ways.values() if w["state"] == state), None)
+            if how == "deleted" and way:
+                del self.join_ways[way["config_id"]]
+            elif how == "full" and way:
+                way["auto_create_room"] = 0
+                for chat_id in way["chat_id_list"]:
+                    self.fill_group(chat_id, self.rules.scan_join_limit)
+            elif how == "nobody":
+                self.rules.broken_join_states.append(state)
+            elif how == "fix":
+                self.rules.broken_join_states = [s for s in self.rules.broken_join_states if s != state]
+            else:
+                raise SandboxError(40058, f"cannot break {state!r} as {how!r}")
 
     def welcome_busy(self, code: str, times: int) -> None:
         """Another app is sending this welcome: 41096 for the next `times` calls."""

@@ -3,6 +3,7 @@ push, encrypted and signed as WeCom does, redelivering the same request when the
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,12 @@ class Driver:
         fields = self.backend.member_scans_join_way(state, external_userid)
         return self._event("change_external_chat", fields, legacy_member_list=legacy_member_list)
 
+    def member_invited(self, chat_id: str) -> Delivery:
+        return self._event("change_external_chat", self.backend.member_invited(chat_id))
+
+    def member_leaves(self, chat_id: str, external_userid: str) -> Delivery:
+        return self._event("change_external_chat", self.backend.member_leaves(chat_id, external_userid))
+
     def member_deletes_clerk(self, external_userid: str, userid: str) -> Delivery:
         return self._event("change_external_contact", self.backend.member_deletes_clerk(external_userid, userid))
 
@@ -129,12 +136,18 @@ class Driver:
                         msg_type="text", from_user=userid)
         return self.deliver("text", xml, {"UserID": userid, "Content": text})
 
-    def burst(self, states: list[str], *, join: bool = False, concurrency: int = 16) -> list[Delivery]:
-        """Customers arriving at once: each adds the clerk of a store (and then joins its group)."""
-        def one(state: str) -> list[Delivery]:
+    def burst(self, states: list[str], *, join: bool | float = False, concurrency: int = 16,
+              rng: random.Random | None = None) -> list[Delivery]:
+        """Customers arriving at once: each adds the clerk of a store and then joins its group
+        (always with join=True, with that probability with a float)."""
+        rng = rng or random.Random(11)
+        joins = [join is True or (join and rng.random() < join) for _ in states]
+
+        def one(args: tuple[str, bool]) -> list[Delivery]:
+            state, joining = args
             added = self.member_adds_clerk(state)
             out = [added]
-            if join:
+            if joining:
                 try:
                     out.append(self.member_joins_group(state, added.fields["ExternalUserID"]))
                 except SandboxError as e:
@@ -142,4 +155,4 @@ class Driver:
             return out
 
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="member") as pool:
-            return [d for ds in pool.map(one, states) for d in ds]
+            return [d for ds in pool.map(one, zip(states, joins)) for d in ds]

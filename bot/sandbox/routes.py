@@ -103,6 +103,16 @@ def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
         backend.inject(b["endpoint"], int(b["errcode"]), int(b.get("times", 1)))
         return {"ok": True}
 
+    @app.post("/_sandbox/break")
+    async def break_qr(request: Request):
+        """{state, how: deleted | full | nobody | fix}"""
+        b = await request.json()
+        try:
+            backend.break_qr(b["state"], b["how"])
+        except SandboxError as e:
+            return JSONResponse(e.body(), status_code=400)
+        return {"ok": True}
+
     @app.get("/_sandbox/qr/{kind}/{config_id}.png")
     def qr(kind: str, config_id: str):
         ways = backend.join_ways if kind == "join" else backend.contact_ways

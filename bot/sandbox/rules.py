@@ -21,6 +21,7 @@ class Rules:
     callback_timeout: float = 5.0         # WeCom waits this long for the bot's answer
     redeliveries: int = 3                 # then redelivers the same payload up to this many times
     media_ttl: float = 3 * 86400
+    broken_join_states: list[str] = field(default_factory=list)  # scanning these group QRs fails for all
 
     def update(self, **changes) -> None:
         names = {f.name for f in fields(self)}
