@@ -60,6 +60,7 @@ class QrHealthSettings(_Strict):
     min_adds: int = 8
     alpha: float = 0.01
     min_rate: float = 0.2
+    grace_minutes: float = 5.0  # an add younger than this has not had its chance to join yet
 
 
 class CallbackSettings(_Strict):

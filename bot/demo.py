@@ -14,7 +14,9 @@ from sqlalchemy import func, select
 
 from bot.db.engine import reads_of
 from bot.db.models import Event, Outbox, Welcome
+from bot.funnel.report import print_report
 from bot.sandbox.backend import WeComBackend
+from bot.sandbox.errors import SandboxError
 from bot.sandbox.harness import Harness
 
 DEMO_STORES = [
@@ -39,7 +41,9 @@ def _ms(values: list[float]) -> str:
 
 def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="wecom-bot-demo-"))
-    h = Harness(database_url=f"sqlite:///{tmp / 'demo.db'}", stores=DEMO_STORES, calendar_dir=calendar_dir)
+    # The demo's day lasts seconds, so an add ripens after 3 s instead of the 5 minutes of a real day.
+    h = Harness(database_url=f"sqlite:///{tmp / 'demo.db'}", stores=DEMO_STORES, calendar_dir=calendar_dir,
+                settings_overrides={"qr_health": {"grace_minutes": 0.05}})
     h.start()
     backend, c, driver, settings = h.backend, h.c, h.driver, h.cfg
     backend.add_clerk("wangwu", admin_welcome=True)  # has a console welcome set: WeCom issues no code
@@ -59,26 +63,59 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
         again = c.provisioner().sync(settings.stores)
         print(f"   {report.summary()}\n   second run: {again.summary()}")
 
-        print(f"\n3. {members} customers scan store QR codes at once, add a clerk, and most join the group")
+        print(f"\n3. Morning: {members} customers scan store QR codes at once, add a clerk, and most join the group")
         codes = [s.code for s in settings.stores]
         states = [codes[i % len(codes)] for i in range(members)]
         deliveries: list = []
-        burst = threading.Thread(target=lambda: deliveries.extend(driver.burst(states, join=True)), daemon=True)
+        burst = threading.Thread(target=lambda: deliveries.extend(driver.burst(states, join=0.75)), daemon=True)
         started = time.monotonic()
         burst.start()
         while burst.is_alive():
             burst.join(0.5)
             print(f"   {time.monotonic() - started:4.1f}s  contacts added {len(backend.welcome_codes) + _no_code(backend)}"
                   f"/{members}, welcomes delivered {len(backend.welcomes)}", flush=True)
+        _drain(c)
 
         # WeCom redelivers when it thinks the bot was slow: the very same request again.
         sample = next(d for d in deliveries if d.kind.startswith("change_external_contact"))
         params, body = sample.request
         dup_statuses = [driver.post(params, body).status_code for _ in range(3)]
 
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline and _pending(c):
-            time.sleep(0.2)
+        broken = "GZ001"
+        print(f"\n4. Midday: {broken}'s group QR breaks (scanning it fails for everyone); customers keep adding the clerk")
+        backend.break_qr(broken, "nobody")
+        alert = None
+        for n in range(1, 30):
+            added = driver.member_adds_clerk(broken)
+            try:
+                driver.member_joins_group(broken, added.fields["ExternalUserID"])
+            except SandboxError:
+                pass  # "scanned it, system error, can't join"
+            _drain(c)
+            alert = next((m for m in backend.app_messages if "二维码异常" in m.get("text", {}).get("content", "")
+                          and broken in m["text"]["content"]), None)
+            if alert:
+                print(f"   {n} customers added the clerk and could not join; the bot alerted {alert['touser']}:")
+                print("   " + alert["text"]["content"].replace("\n", "\n   "))
+                break
+            time.sleep(0.4)
+        if alert is None:
+            print("   no alert (unexpected)")
+        print("\n5. The clerk makes a new group QR; customers join again")
+        backend.break_qr(broken, "fix")
+        c.provisioner().sync([s for s in settings.stores if s.code == broken])
+        again = driver.member_adds_clerk(broken)
+        driver.member_joins_group(broken, again.fields["ExternalUserID"])
+        _drain(c)
+        clear = next((m for m in backend.app_messages if "已恢复" in m.get("text", {}).get("content", "")), None)
+        print(f"   all-clear to {clear['touser']}: {clear['text']['content']}" if clear else "   no all-clear (unexpected)")
+
+        print("\n6. The clerk asks the bot: 数据 (today's stats)")
+        driver.clerk_says("zhaoliu", "数据")
+        _drain(c)
+        reply = [m for m in backend.app_messages if m["touser"] == "zhaoliu" and "今日数据" in m["text"]["content"]]
+        if reply:
+            print("   " + reply[-1]["text"]["content"].replace("\n", "\n   "))
 
         _summary(c, backend, deliveries, dup_statuses, time.monotonic() - started)
         if serve:
@@ -95,6 +132,14 @@ def _no_code(backend: WeComBackend) -> int:
     return sum(1 for e in backend.external.values() if set(e["follow"]) & backend.admin_welcome)
 
 
+def _drain(c, timeout: float = 25) -> None:
+    """Wait for the bot's workers to finish what is due (events handled, outbox sent)."""
+    deadline = time.monotonic() + timeout
+    time.sleep(0.05)
+    while time.monotonic() < deadline and _pending(c):
+        time.sleep(0.05)
+
+
 def _pending(c) -> int:
     with reads_of(c.sessions)() as s:
         return (s.scalar(select(func.count()).select_from(Outbox).where(Outbox.status.in_(["pending", "running"])))
@@ -105,17 +150,17 @@ def _summary(c, backend: WeComBackend, deliveries, dup_statuses, seconds: float)
     with reads_of(c.sessions)() as s:
         welcomes = s.scalars(select(Welcome)).all()
         events = s.scalar(select(func.count()).select_from(Event))
-    adds = [d for d in deliveries if d.kind == "change_external_contact/add_external_contact"]
-    joins = [d for d in deliveries if d.kind == "change_external_chat/update"]
+    adds = [w for w in welcomes]
     status = Counter(w.status for w in welcomes)
     skipped = Counter(w.reason for w in welcomes if w.status == "skipped")
     sent = [w for w in welcomes if w.status in ("sent", "already")]
     wecom_latency = [w["latency"] for w in backend.welcomes]
     redelivered = sum(1 for d in deliveries if len(d.statuses) > 1)
-    print(f"\n4. A redelivered callback (same bytes, 3 more times): HTTP {dup_statuses}; events stored stay {events}")
+    print(f"\n7. A redelivered callback (same bytes, 3 more times): HTTP {dup_statuses}; each was stored once")
     print(f"\nSummary ({seconds:.1f}s)")
-    print(f"  contacts added            {len(adds)}  (callbacks acknowledged: "
-          f"{sum(d.acked for d in deliveries)}/{len(deliveries)}, redelivered by WeCom: {redelivered})")
+    print(f"  contacts added            {len(adds)}  (morning burst callbacks acknowledged: "
+          f"{sum(d.acked for d in deliveries)}/{len(deliveries)}, redelivered by WeCom: {redelivered}; "
+          f"events stored {events})")
     print(f"  welcomes sent             {len(sent)}  (latency, add event → WeCom accepted: {_ms(wecom_latency)})")
     print(f"  group QR attached         {sum(w.qr_attached for w in welcomes)}")
     print(f"  welcomes expired          {status.get('expired', 0)}"
@@ -123,10 +168,8 @@ def _summary(c, backend: WeComBackend, deliveries, dup_statuses, seconds: float)
     print(f"  no welcome possible       {sum(skipped.values())}  ({', '.join(f'{k}: {v}' for k, v in skipped.items()) or '-'})"
           "  ← no_code: the clerk has a console welcome set, so WeCom issues no welcome code")
     print(f"  failed                    {status.get('failed', 0)}")
-    print(f"  joined a group by QR      {len(joins)}")
-    per_store = Counter(w.store_code for w in sent)
-    for code, n in sorted(per_store.items()):
-        print(f"    {code}: {n} welcomed, {sum(1 for d in joins if d.fields.get('ChatId') in _chats(backend, code))} joined")
+    print()
+    print_report(c, c.clock.now().date())
 
 
 def _chats(backend: WeComBackend, state: str) -> set[str]:

@@ -39,9 +39,10 @@ def last_add(s: Session, external_userid: str, *, store_code: str | None = None,
 
 
 def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent) -> list:
+    # Whole seconds, like WeCom's join_time: a join in the same second is not "before" its add.
     store = uow.stores.by_code(evt.state)
     record_fact(uow.session, key=f"add:{stored.id}", kind="add", store_code=store.code if store else None,
-                userid=evt.userid, external_userid=evt.external_userid, at=stored.received_at)
+                userid=evt.userid, external_userid=evt.external_userid, at=stored.received_at.replace(microsecond=0))
     return []
 
 
@@ -115,11 +116,11 @@ def apply_member_list(s: Session, group: dict, now: datetime, new_ids: set[str] 
         at = datetime.fromtimestamp(m["join_time"], timezone.utc) if m.get("join_time") else now
         state = m.get("state")
         attributed = state in stores
-        add = last_add(s, uid, store_code=state, before=at + timedelta(seconds=1)) if attributed else None
+        add = last_add(s, uid, store_code=state, before=at) if attributed else None
         fact = FunnelFact(key=f"join:{chat_id}:{uid}:{m.get('join_time')}", kind="join" if attributed else "join_other",
                           store_code=state if attributed else row.store_code or None, chat_id=chat_id,
                           external_userid=uid, at=at,
-                          join_delay_seconds=int((at - add.at).total_seconds()) if add else None)
+                          join_delay_seconds=max(0, int((at - add.at).total_seconds())) if add else None)
         if record_fact(s, key=fact.key, kind=fact.kind, store_code=fact.store_code, chat_id=chat_id,
                        external_userid=uid, at=at, join_delay_seconds=fact.join_delay_seconds):
             joins.append(fact)

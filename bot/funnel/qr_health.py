@@ -82,12 +82,15 @@ def conversion_counts(s: Session, since: datetime, until: datetime, store_code: 
 
 def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSettings,
                      chain_rate: float | None) -> StalledVerdict:
+    """Adds count once they are older than the grace: a customer needs a minute to scan the
+    group QR of the welcome, and a burst of adds is handled before its joins are read."""
     window_start = now - timedelta(minutes=cfg.window_minutes)
+    ripe = now - timedelta(minutes=cfg.grace_minutes)
     last_join = s.scalar(select(func.max(FunnelFact.at)).where(FunnelFact.kind == "join",
                                                                FunnelFact.store_code == store_code))
     start = max(window_start, last_join) if last_join else window_start
     adds = list(s.scalars(select(FunnelFact.at).where(FunnelFact.kind == "add", FunnelFact.store_code == store_code,
-                                                      FunnelFact.at > start, FunnelFact.at <= now)
+                                                      FunnelFact.at > start, FunnelFact.at <= ripe)
                           .order_by(FunnelFact.at)))
     own_adds, own_converted = conversion_counts(s, window_start - BASELINE, window_start, store_code)
     return stalled_verdict(adds, expected_conversion(own_adds, own_converted, chain_rate, cfg.min_rate), cfg)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from bot.db.models import FunnelFact
 
 
+
 @dataclass
 class StoreFunnel:
     store_code: str
@@ -57,7 +58,7 @@ def funnel(s: Session, start: date, end: date, tz: ZoneInfo, stores: list[str] |
             j = joined_by.get((f.store_code, f.external_userid))
             if j is not None and j.at >= f.at:
                 sf.converted += 1
-                sf.delays.append(int((j.at - f.at).total_seconds()))
+                sf.delays.append(max(0, int((j.at - f.at).total_seconds())))
         elif f.kind == "join":
             sf.joins += 1
         elif f.kind == "join_other":

@@ -88,6 +88,7 @@ def test_demo_runs_and_summarises():
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "echo matches" in out and "second run: 3 stores synced" in out and "0 changed" in out
-    assert "contacts added            24" in out
-    assert "welcomes expired          0" in out
-    assert "events stored stay 48" in out
+    assert "welcomes expired          0" in out and "failed                    0" in out
+    assert "customers added the clerk and could not join; the bot alerted zhaoliu" in out
+    assert "all-clear to zhaoliu" in out and "QR findings: none open" in out
+    assert "HTTP [200, 200, 200]" in out

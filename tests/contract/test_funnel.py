@@ -108,7 +108,7 @@ def test_member_counts_follow_joins_and_the_200_cap_moves_joins_to_a_new_room(sy
 def test_a_stalled_qr_alerts_each_clerk_once_and_clears_when_joins_resume(synced):
     h = synced
     h.backend.break_qr("SZ002", "nobody")
-    for _ in range(12):
+    for _ in range(16):                                  # one a minute; adds count after 5 min grace
         h.driver.member_adds_clerk("SZ002")
         h.clock.advance(60)
         h.pump()
@@ -124,6 +124,32 @@ def test_a_stalled_qr_alerts_each_clerk_once_and_clears_when_joins_resume(synced
     (f,) = findings(h)
     assert f.resolved_at is not None
     assert any("已恢复" in m for m in messages_to(h, "lisi"))
+
+
+def test_a_burst_of_adds_before_its_joins_is_not_a_stall(synced):
+    """Adds are handled before joins (priority, lag): the grace keeps a burst from looking stalled."""
+    h = synced
+    exts = [h.driver.member_adds_clerk("SZ001").fields["ExternalUserID"] for _ in range(12)]
+    h.c.dispatcher("adds-first").run_once()
+    for ext in exts:
+        h.driver.member_joins_group("SZ001", ext)
+    h.pump()
+    h.clock.advance(600)
+    check_wecom_side(h.c)
+    assert findings(h) == []
+
+
+def test_ripe_adds_are_caught_by_the_scheduled_check(synced):
+    h = synced
+    h.backend.break_qr("SZ001", "nobody")
+    for _ in range(9):
+        h.driver.member_adds_clerk("SZ001")
+    h.pump()
+    assert findings(h) == []                             # nothing is older than the grace yet
+    h.clock.advance(6 * 60)
+    check_wecom_side(h.c)                                # what the 5-minute job runs
+    (f,) = findings(h)
+    assert f.kind == "stalled" and f.evidence["adds"] == 9
 
 
 def test_a_healthy_store_is_not_flagged(synced):
@@ -218,11 +244,13 @@ def test_stalled_uses_the_stores_history(synced):
     h.clock.advance(timedelta(minutes=130).total_seconds())   # that history is now the baseline
     h.backend.break_qr("SZ001", "nobody")
     flagged_at = None
-    for n in range(1, 12):
+    for n in range(1, 20):
         h.driver.member_adds_clerk("SZ001")
+        h.clock.advance(60)
         h.pump()
         if findings(h):
             flagged_at = n
             break
-    assert flagged_at == 8                                      # min_adds bounds it from below
+    assert flagged_at == 13                                     # 8 adds past the 5-minute grace
+    assert findings(h)[0].evidence["adds"] == 8                 # min_adds bounds it from below
     assert findings(h)[0].evidence["p"] == 0.76                 # 20/20 shrunk toward the 0.6 prior (worth 30 adds)
