@@ -58,7 +58,7 @@ class BroadcastSettings(_Strict):
 class QrHealthSettings(_Strict):
     window_minutes: int = 120
     min_adds: int = 8
-    alpha: float = 0.01
+    alpha: float = 0.001  # chance a healthy store is flagged on a given day (see qr_health.stalled_verdict)
     min_rate: float = 0.2
     grace_minutes: float = 5.0  # an add younger than this has not had its chance to join yet
 

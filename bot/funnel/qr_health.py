@@ -54,15 +54,24 @@ class StalledVerdict:
     stalled: bool
     adds: int                 # adds since the last join, inside the window
     p: float
-    chance: float             # (1-p)^adds: how likely a healthy QR shows this
+    chance: float             # (1-p)^adds: how likely a healthy QR shows this run
     since: datetime | None    # the first of those adds
+    looks: float = 1.0        # runs a healthy day starts (adds/day × p): chances to see one by luck
 
 
-def stalled_verdict(add_times: list[datetime], p: float, cfg: QrHealthSettings) -> StalledVerdict:
-    """add_times: the store's adds after its last QR join and inside the window, oldest first."""
+def stalled_verdict(add_times: list[datetime], p: float, cfg: QrHealthSettings,
+                    adds_per_day: float = 0.0) -> StalledVerdict:
+    """add_times: the store's adds after its last QR join and inside the window, oldest first.
+
+    The rule is looked at on every add, so a healthy store meets a long run of non-joins by chance
+    more often than (1-p)^n says: it starts about adds_per_day × p fresh runs a day. Flag when the
+    expected number of such runs a healthy day would show, looks × (1-p)^n, is below alpha: alpha
+    is then the chance that a healthy store is flagged on a given day."""
     n = len(add_times)
     chance = (1 - p) ** n
-    return StalledVerdict(n >= cfg.min_adds and chance < cfg.alpha, n, p, chance, add_times[0] if add_times else None)
+    looks = max(1.0, adds_per_day * p)
+    return StalledVerdict(n >= cfg.min_adds and looks * chance < cfg.alpha, n, p, chance,
+                          add_times[0] if add_times else None, looks)
 
 
 # -- reading the facts ----------------------------------------------------------------------
@@ -93,7 +102,8 @@ def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSe
                                                       FunnelFact.at > start, FunnelFact.at <= ripe)
                           .order_by(FunnelFact.at)))
     own_adds, own_converted = conversion_counts(s, window_start - BASELINE, window_start, store_code)
-    return stalled_verdict(adds, expected_conversion(own_adds, own_converted, chain_rate, cfg.min_rate), cfg)
+    return stalled_verdict(adds, expected_conversion(own_adds, own_converted, chain_rate, cfg.min_rate), cfg,
+                           adds_per_day=own_adds / BASELINE.days)
 
 
 def chain_rate(s: Session, now: datetime, cfg: QrHealthSettings) -> float | None:
