@@ -113,6 +113,9 @@ def print_report(c, day: date, out=print) -> None:
         f = figures.get(st.code, StoreFunnel(st.code))
         out(f"{st.code:<8} {st.name[:10]:<12} {f.adds:>5} {f.converted:>6} {fmt_rate(f.conversion):>5} "
             f"{fmt_delay(f.median_delay_seconds):>7} {f.joins:>8} {f.joins_other:>5} {f.leaves:>6} {f.clerk_deleted:>7}")
+        if f.hours:
+            out("         by hour (adds/QR joins): " + "  ".join(
+                f"{h:02d}h {f.hours[h].get('add', 0)}/{f.hours[h].get('join', 0)}" for h in sorted(f.hours)))
     sent = [w for w in welcomes if w.status in ("sent", "already")]
     out(f"Welcomes: {len(sent)} sent ({sum(w.qr_attached for w in welcomes)} with the group QR), "
         f"{sum(w.status == 'expired' for w in welcomes)} expired, {sum(w.status == 'skipped' for w in welcomes)} skipped")
