@@ -186,3 +186,57 @@ class QrFinding(SQLModel, table=True):
     opened_at: datetime = _at(nullable=False)
     resolved_at: datetime | None = _at()
     repaired: str | None = Field(default=None, max_length=200)
+
+
+class Chain(SQLModel, table=True):
+    """A group-buy chain (团购接龙) a clerk opened for a store."""
+
+    __tablename__ = "chain"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token: str = Field(max_length=32, unique=True)      # the page's URL part
+    store_code: str = Field(index=True, max_length=30)
+    clerk: str = Field(max_length=64)                   # who opened it: gets the pick list
+    title: str = Field(max_length=60)
+    price_cents: int
+    stock_total: int
+    stock_left: int                                     # taken only by conditional UPDATE
+    per_person_limit: int
+    opens_at: datetime = _at(nullable=False)
+    deadline: datetime = _at(nullable=False)
+    pickup_note: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="open", max_length=16)  # open | closed
+    closed_at: datetime | None = _at()
+    closed_reason: str | None = Field(default=None, max_length=16)  # deadline | early
+    created_at: datetime = _at(nullable=False)
+    notified_half: bool = False
+    notified_sold_out: bool = False
+
+
+class ChainOrder(SQLModel, table=True):
+    __tablename__ = "chain_order"
+    __table_args__ = (UniqueConstraint("chain_id", "request_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chain_id: int = Field(index=True)
+    order_token: str = Field(max_length=32, unique=True)  # the buyer's handle to cancel
+    request_id: str = Field(max_length=64)                # a retried submit is the same order
+    buyer_key: str = Field(max_length=80)
+    name: str = Field(max_length=40)
+    phone_tail: str = Field(max_length=4)
+    qty: int
+    chat_id: str | None = Field(default=None, max_length=64)
+    store_code: str = Field(max_length=30)
+    status: str = Field(default="active", max_length=16)  # active | cancelled
+    created_at: datetime = _at(nullable=False)
+    cancelled_at: datetime | None = _at()
+
+
+class ChainBuyer(SQLModel, table=True):
+    """What one person (name + phone tail) holds in a chain: the per-person limit, kept atomically."""
+
+    __tablename__ = "chain_buyer"
+
+    chain_id: int = Field(primary_key=True)
+    buyer_key: str = Field(primary_key=True, max_length=80)
+    qty: int = 0
