@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.bootstrap import Container
+from bot.chains.routes import chain_router
 from bot.wecom.callback import CallbackRejected
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def create_app(c: Container) -> FastAPI:
         c.metrics.callback_seconds.observe(time.perf_counter() - started)
         # An empty 200 is WeCom's "received": no passive reply, no retry.
         return PlainTextResponse("")
+
+    app.include_router(chain_router(c))
 
     @app.get("/healthz")
     def healthz():

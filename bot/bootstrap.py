@@ -20,6 +20,10 @@ from bot.metrics import Metrics
 from bot.outbox import Executor, Outbox, Outcome, OutboxWorker
 from bot.provisioning import Provisioner
 from bot.welcome.content import WelcomeContent
+import hashlib
+
+from bot.chains.service import Chains
+from bot.commands.chains import router as chain_commands
 from bot.commands.funnel import router as funnel_commands
 from bot.commands.router import CommandRouter, on_clerk_text
 from bot.funnel import facts
@@ -47,6 +51,7 @@ def command_router() -> CommandRouter:
     """Every clerk command; later capabilities include their routers here."""
     router = CommandRouter()
     router.include(funnel_commands)
+    router.include(chain_commands)
     return router
 
 
@@ -79,18 +84,23 @@ class Container:
     recorder: EventRecorder | None = None
     qr_health: QrHealth | None = None
     commands: CommandRouter | None = None
+    chains: Chains | None = None
 
     def __post_init__(self) -> None:
         self.recorder = EventRecorder(self.sessions, self.clock, on_stored=self.doorbell.ring)
         self.qr_health = QrHealth(self.clock, self.settings.qr_health)
         self.commands = command_router()
+        # signs clerks' CSV links; derived from secrets only the bot has
+        key = hashlib.sha256(b"csv:" + self.settings.wecom.secret.get_secret_value().encode()
+                             + self.settings.admin_token.get_secret_value().encode()).digest()
+        self.chains = Chains(self.settings.public_base_url, key, self.clock)
 
     def migrate(self) -> None:
         upgrade(self.engine)
 
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
         deps = {"welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
-                "command_deps": {"tz": self.settings.tz}}
+                "command_deps": {"tz": self.settings.tz, "chains": self.chains}}
         return EventDispatcher(self.sessions, self.clock, HANDLERS, deps,
                                owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
 

@@ -34,6 +34,15 @@ def refresh_group_qr_media(c: Container) -> int:
     return len(stores)
 
 
+def close_due_chains(c: Container) -> int:
+    with c.sessions.begin() as s:
+        closed = c.chains.close_due(s, c.clock.now())
+    if closed:
+        c.doorbell.ring()
+        log.info("closed %d chain(s) at their deadline", len(closed))
+    return len(closed)
+
+
 class Scheduler:
     def __init__(self, c: Container):
         self.c = c
@@ -43,6 +52,10 @@ class Scheduler:
         self._stop = threading.Event()
 
     def _add_jobs(self) -> None:
+        if not self.aps.get_job("close_due_chains"):
+            # every minute, and at once on start: chains whose deadline passed while down close now
+            self.aps.add_job(close_due_chains, "interval", minutes=1, args=[self.c], id="close_due_chains",
+                             next_run_time=self.c.clock.now())
         if not self.aps.get_job("qr_check"):
             self.aps.add_job(check_wecom_side, "interval", minutes=5, args=[self.c], id="qr_check")
         if not self.aps.get_job("refresh_group_qr_media"):

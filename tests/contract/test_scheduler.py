@@ -15,7 +15,7 @@ def test_jobs_are_added_only_when_missing(harness):
     s = Scheduler(harness.c)
     s._add_jobs()
     s._add_jobs()
-    assert sorted(j.id for j in s.aps.get_jobs()) == ["qr_check", "refresh_group_qr_media"]
+    assert sorted(j.id for j in s.aps.get_jobs()) == ["close_due_chains", "qr_check", "refresh_group_qr_media"]
     defaults = s.aps._job_defaults
     assert defaults["coalesce"] and defaults["misfire_grace_time"] == 300
     assert str(s.aps.timezone) == "Asia/Shanghai"

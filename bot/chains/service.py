@@ -1,0 +1,241 @@
+"""Chains: open, order, cancel, close. Stock and the per-person limit change only by conditional
+UPDATE … WHERE … RETURNING in one transaction (never read-then-write; SELECT FOR UPDATE alone is
+ignored by SQLite), so no concurrency on SQLite or PostgreSQL can oversell or overbuy."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from bot.chains.parse import OpenChainArgs
+from bot.db.models import Chain, ChainBuyer, ChainOrder, GroupChat, Store
+from bot.outbox import OutboxRepo, insert_ignore
+
+
+class ChainError(Exception):
+    status = 400
+
+    def __init__(self, message: str, **extra):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class ChainNotFound(ChainError):
+    status = 404
+
+
+class InvalidOrder(ChainError):
+    status = 422
+
+
+class SoldOut(ChainError):
+    status = 409
+
+
+class OverLimit(ChainError):
+    status = 409
+
+
+class NotOpenYet(ChainError):
+    status = 409
+
+
+class ChainClosed(ChainError):
+    status = 410
+
+
+def yuan(cents: int) -> str:
+    return f"{cents / 100:.2f}".rstrip("0").rstrip(".")
+
+
+def mask_name(name: str) -> str:
+    return name[0] + "*" * min(2, max(1, len(name) - 1)) if name else "*"
+
+
+def mask_phone(tail: str) -> str:
+    return "**" + tail[-2:]
+
+
+def csv_signature(key: bytes, token: str, userid: str) -> str:
+    return hmac.new(key, f"{token}:{userid}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass
+class PlacedOrder:
+    order: ChainOrder
+    remaining: int
+    created: bool
+
+
+NAME_RE = re.compile(r"^[^\x00-\x1f<>]{1,20}$")
+
+
+def validate(name, phone_tail, qty, request_id) -> tuple[str, str, int, str]:
+    name = str(name or "").strip()
+    phone_tail = str(phone_tail or "").strip()
+    request_id = str(request_id or "").strip()
+    if not name or len(name) > 20 or any(ord(ch) < 32 for ch in name):
+        raise InvalidOrder("请填写称呼（1-20个字）。")
+    if not re.fullmatch(r"\d{4}", phone_tail):
+        raise InvalidOrder("请填写手机号后4位数字。")
+    try:
+        qty = int(str(qty).strip())
+    except (TypeError, ValueError):
+        raise InvalidOrder("份数要填整数。") from None
+    if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", request_id):
+        raise InvalidOrder("请求编号无效，请刷新页面再提交。")
+    return name, phone_tail, qty, request_id
+
+
+class Chains:
+    def __init__(self, public_base_url: str, csv_key: bytes, clock):
+        self.base = public_base_url.rstrip("/")
+        self.csv_key = csv_key
+        self.clock = clock
+
+    def link(self, chain: Chain, chat_id: str | None = None) -> str:
+        return f"{self.base}/c/{chain.token}" + (f"?g={chat_id}" if chat_id else "")
+
+    def csv_link(self, chain: Chain) -> str:
+        return f"{self.base}/c/{chain.token}/orders.csv?u={chain.clerk}&sig={csv_signature(self.csv_key, chain.token, chain.clerk)}"
+
+    # -- opening ----------------------------------------------------------------------------
+    def open(self, s: Session, store: Store, clerk: str, args: OpenChainArgs, now: datetime) -> Chain:
+        chain = Chain(token=secrets.token_urlsafe(9), store_code=store.code, clerk=clerk, title=args.title,
+                      price_cents=args.price_cents, stock_total=args.stock, stock_left=args.stock,
+                      per_person_limit=args.limit, opens_at=args.opens_at or now, deadline=args.deadline,
+                      pickup_note=args.pickup_note, created_at=now)
+        s.add(chain)
+        s.flush()
+        return chain
+
+    def groups(self, s: Session, store_code: str) -> list[GroupChat]:
+        return list(s.scalars(select(GroupChat).where(GroupChat.store_code == store_code).order_by(GroupChat.name)))
+
+    # -- ordering ---------------------------------------------------------------------------
+    def place(self, s: Session, token: str, *, name, phone_tail, qty, request_id, chat_id: str | None,
+              now: datetime) -> PlacedOrder:
+        """One transaction: the caller commits on success; any ChainError leaves nothing behind."""
+        name, phone_tail, qty, request_id = validate(name, phone_tail, qty, request_id)
+        chain = s.scalar(select(Chain).where(Chain.token == token))
+        if chain is None:
+            raise ChainNotFound("没有这个团购。")
+        existing = s.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
+                                                     ChainOrder.request_id == request_id))
+        if existing is not None:  # a retried submit: the same answer, nothing taken twice
+            return PlacedOrder(existing, chain.stock_left, False)
+        if chain.status != "open" or now >= chain.deadline:
+            raise ChainClosed("这个团购已经截单了。", remaining=chain.stock_left)
+        if now < chain.opens_at:
+            raise NotOpenYet(f"还没开始，{chain.opens_at:%m-%d %H:%M} 开团。", remaining=chain.stock_left)
+        if not 1 <= qty <= chain.per_person_limit:
+            raise InvalidOrder(f"每人限购 {chain.per_person_limit} 份，请填 1 到 {chain.per_person_limit}。")
+        buyer_key = f"{name.lower()}|{phone_tail}"
+        insert_ignore(s, ChainBuyer, dict(chain_id=chain.id, buyer_key=buyer_key, qty=0))
+        held = s.scalar(update(ChainBuyer).where(
+            ChainBuyer.chain_id == chain.id, ChainBuyer.buyer_key == buyer_key,
+            ChainBuyer.qty + qty <= chain.per_person_limit).values(qty=ChainBuyer.qty + qty).returning(ChainBuyer.qty))
+        if held is None:
+            had = s.scalar(select(ChainBuyer.qty).where(ChainBuyer.chain_id == chain.id,
+                                                        ChainBuyer.buyer_key == buyer_key)) or 0
+            raise OverLimit(f"每人限购 {chain.per_person_limit} 份，你已报名 {had} 份，最多还能报 "
+                            f"{max(0, chain.per_person_limit - had)} 份。",
+                            remaining=chain.stock_left, allowed=max(0, chain.per_person_limit - had))
+        left = s.scalar(update(Chain).where(Chain.id == chain.id, Chain.status == "open", Chain.stock_left >= qty)
+                        .values(stock_left=Chain.stock_left - qty).returning(Chain.stock_left)
+                        .execution_options(synchronize_session=False))
+        if left is None:
+            s.rollback()  # give back the per-person hold taken above
+            now_left = s.scalar(select(Chain.stock_left).where(Chain.id == chain.id))
+            raise SoldOut("已经抢完了。" if not now_left else f"只剩 {now_left} 份了，请少报一些。",
+                          remaining=now_left)
+        group = s.get(GroupChat, chat_id) if chat_id else None
+        order = ChainOrder(chain_id=chain.id, order_token=secrets.token_urlsafe(12), request_id=request_id,
+                           buyer_key=buyer_key, name=name, phone_tail=phone_tail, qty=qty,
+                           chat_id=group.chat_id if group and group.store_code == chain.store_code else None,
+                           store_code=chain.store_code, created_at=now)
+        s.add(order)
+        s.flush()  # a concurrent duplicate request_id fails here: the caller retries as a replay
+        self._milestones(s, chain, left, now)
+        return PlacedOrder(order, left, True)
+
+    def _milestones(self, s: Session, chain: Chain, left: int, now: datetime) -> None:
+        """Half sold and sold out: tell the clerk once each (a conditional UPDATE decides who tells)."""
+        outbox = OutboxRepo(s, self.clock)
+        if left <= chain.stock_total // 2:
+            if s.scalar(update(Chain).where(Chain.id == chain.id, Chain.notified_half.is_(False))
+                        .values(notified_half=True).returning(Chain.id).execution_options(synchronize_session=False)):
+                outbox.add("send", f"chain_half:{chain.id}", _text(chain.clerk,
+                           f"【团购过半】{chain.title}：已报名 {chain.stock_total - left}/{chain.stock_total} 份。"))
+        if left == 0:
+            if s.scalar(update(Chain).where(Chain.id == chain.id, Chain.notified_sold_out.is_(False))
+                        .values(notified_sold_out=True).returning(Chain.id)
+                        .execution_options(synchronize_session=False)):
+                outbox.add("send", f"chain_sold_out:{chain.id}", _text(chain.clerk,
+                           f"【团购已抢完】{chain.title}：{chain.stock_total} 份全部报满，"
+                           f"截单时间 {chain.deadline:%m-%d %H:%M} 会把备货名单发给你。"))
+
+    def cancel(self, s: Session, token: str, order_token: str, now: datetime) -> int:
+        """Cancel before the deadline; the stock and the person's allowance come back. Returns stock left."""
+        chain = s.scalar(select(Chain).where(Chain.token == token))
+        if chain is None:
+            raise ChainNotFound("没有这个团购。")
+        order = s.scalar(select(ChainOrder).where(ChainOrder.order_token == order_token,
+                                                  ChainOrder.chain_id == chain.id))
+        if order is None:
+            raise ChainNotFound("没有这个报名。")
+        if chain.status != "open" or now >= chain.deadline:
+            raise ChainClosed("已经截单，不能取消了，请联系店员。", remaining=chain.stock_left)
+        qty = s.scalar(update(ChainOrder).where(ChainOrder.id == order.id, ChainOrder.status == "active")
+                       .values(status="cancelled", cancelled_at=now).returning(ChainOrder.qty)
+                       .execution_options(synchronize_session=False))
+        if qty is None:  # already cancelled: nothing to give back twice
+            return chain.stock_left
+        s.execute(update(ChainBuyer).where(ChainBuyer.chain_id == chain.id, ChainBuyer.buyer_key == order.buyer_key)
+                  .values(qty=ChainBuyer.qty - qty))
+        return s.scalar(update(Chain).where(Chain.id == chain.id).values(stock_left=Chain.stock_left + qty)
+                        .returning(Chain.stock_left).execution_options(synchronize_session=False))
+
+    # -- closing ----------------------------------------------------------------------------
+    def close(self, s: Session, chain: Chain, reason: str, now: datetime) -> bool:
+        """Close once; the clerk gets the pick list. False when it was already closed."""
+        closed = s.scalar(update(Chain).where(Chain.id == chain.id, Chain.status == "open")
+                          .values(status="closed", closed_at=now, closed_reason=reason).returning(Chain.id)
+                          .execution_options(synchronize_session=False))
+        if not closed:
+            return False
+        OutboxRepo(s, self.clock).add("send", f"chain_picklist:{chain.id}",
+                                             _text(chain.clerk, self.pick_list(s, chain, reason)))
+        return True
+
+    def close_due(self, s: Session, now: datetime) -> list[Chain]:
+        due = list(s.scalars(select(Chain).where(Chain.status == "open", Chain.deadline <= now)))
+        return [c for c in due if self.close(s, c, "deadline", now)]
+
+    def active_orders(self, s: Session, chain: Chain) -> list[ChainOrder]:
+        return list(s.scalars(select(ChainOrder).where(ChainOrder.chain_id == chain.id, ChainOrder.status == "active")
+                              .order_by(ChainOrder.id)))
+
+    def pick_list(self, s: Session, chain: Chain, reason: str = "deadline") -> str:
+        orders = self.active_orders(s, chain)
+        names = {g.chat_id: g.name for g in self.groups(s, chain.store_code)}
+        sold = sum(o.qty for o in orders)
+        head = (f"【备货名单】{chain.title}（{'到点截单' if reason == 'deadline' else '已提前截单'}）\n"
+                f"共 {len(orders)} 人、{sold} 份，金额 {yuan(sold * chain.price_cents)} 元；剩余 {chain.stock_total - sold} 份")
+        lines = [f"{i}. {mask_name(o.name)} 尾号{o.phone_tail} ×{o.qty} {names.get(o.chat_id, '') if o.chat_id else ''}"
+                 .rstrip() for i, o in enumerate(orders, 1)]
+        body = "\n".join(lines[:60]) + (f"\n……共 {len(lines)} 条，完整名单见表格" if len(lines) > 60 else "")
+        return f"{head}\n{body}\n完整表格：{self.csv_link(chain)}"
+
+
+def _text(userid: str, content: str) -> dict:
+    return {"touser": [userid], "msgtype": "text", "content": {"content": content[:2000]}}
+

@@ -1,0 +1,88 @@
+"""开团 open · 团购 chains · 名单 list <id> · 截单 close <id>: a clerk's own stores only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from bot.chains.parse import CommandSyntaxError, parse_open_args
+from bot.chains.service import Chains, mask_name, yuan
+from bot.commands.router import Clerk, CommandRouter, Reply
+from bot.db.models import Chain
+from bot.uow import UnitOfWork
+
+router = CommandRouter()
+
+
+def _own_chain(uow: UnitOfWork, clerk: Clerk, args: str) -> Chain | Reply:
+    ref = args.strip().lstrip("#")
+    if not ref.isdigit():
+        return Reply("请写团购编号，例如：名单 12（编号见“团购”命令）。")
+    chain = uow.session.get(Chain, int(ref))
+    if chain is None or chain.store_code not in clerk.store_codes:
+        return Reply(f"没有你门店的 {ref} 号团购。发“团购”看看你门店的团购。")
+    return chain
+
+
+@router.command("开团", "open", summary="开一个团购接龙，例如：开团 阳光玫瑰葡萄 39.9元 200份 每人限2 截止周六18:00")
+def open_chain(args: str, clerk: Clerk, uow: UnitOfWork, now: datetime, tz: ZoneInfo, chains: Chains) -> Reply:
+    try:
+        a = parse_open_args(args, now, tz)
+    except CommandSyntaxError as e:
+        return Reply(str(e))
+    if a.store_code:
+        store = next((s for s in clerk.stores if s.code == a.store_code), None)
+        if store is None:
+            return Reply(f"门店 {a.store_code} 不是你的门店。")
+    elif len(clerk.stores) == 1:
+        store = clerk.stores[0]
+    else:
+        return Reply("你管理多个门店，请加上门店编号，例如 门店" + clerk.stores[0].code + "：" +
+                     "、".join(f"{s.code}（{s.name}）" for s in clerk.stores))
+    chain = chains.open(uow.session, store, clerk.userid, a, now)
+    groups = chains.groups(uow.session, store.code)
+    lines = [f"已开团 #{chain.id}：{chain.title} ¥{yuan(chain.price_cents)}，{chain.stock_total}份，"
+             f"每人限{chain.per_person_limit}份，截止 {chain.deadline.astimezone(tz):%m-%d %H:%M}",
+             f"链接：{chains.link(chain)}"]
+    if groups:
+        lines.append("发到各群的专属链接（报名会记到对应的群）：")
+        lines += [f"· {g.name or g.chat_id}：{chains.link(chain, g.chat_id)}" for g in groups]
+    return Reply("\n".join(lines))
+
+
+@router.command("团购", "chains", summary="我门店进行中的团购：已报/总份数")
+def list_chains(clerk: Clerk, uow: UnitOfWork, tz: ZoneInfo, chains: Chains) -> Reply:
+    open_ = list(uow.session.scalars(select(Chain).where(Chain.store_code.in_(clerk.store_codes),
+                                                         Chain.status == "open").order_by(Chain.deadline)))
+    if not open_:
+        return Reply("你门店现在没有进行中的团购。发“开团”开一个。")
+    return Reply("进行中的团购：\n" + "\n".join(
+        f"#{c.id} {c.title}：已报 {c.stock_total - c.stock_left}/{c.stock_total} 份，截止 "
+        f"{c.deadline.astimezone(tz):%m-%d %H:%M}\n  {chains.link(c)}" for c in open_))
+
+
+@router.command("名单", "list", summary="某个团购当前的报名名单，例如：名单 12")
+def list_orders(args: str, clerk: Clerk, uow: UnitOfWork, chains: Chains) -> Reply:
+    chain = _own_chain(uow, clerk, args)
+    if isinstance(chain, Reply):
+        return chain
+    orders = chains.active_orders(uow.session, chain)
+    if not orders:
+        return Reply(f"#{chain.id} {chain.title} 还没有人报名。")
+    lines = [f"#{chain.id} {chain.title}：{len(orders)}人 {sum(o.qty for o in orders)}份"]
+    lines += [f"{i}. {mask_name(o.name)} 尾号{o.phone_tail} ×{o.qty}" for i, o in enumerate(orders[:50], 1)]
+    if len(orders) > 50:
+        lines.append(f"……共 {len(orders)} 人，完整名单：{chains.csv_link(chain)}")
+    return Reply("\n".join(lines))
+
+
+@router.command("截单", "close", summary="提前截单，备货名单会发给开团的店员，例如：截单 12")
+def close_chain(args: str, clerk: Clerk, uow: UnitOfWork, now: datetime, chains: Chains) -> Reply:
+    chain = _own_chain(uow, clerk, args)
+    if isinstance(chain, Reply):
+        return chain
+    if not chains.close(uow.session, chain, "early", now):
+        return Reply(f"#{chain.id} {chain.title} 已经截单了。")
+    return Reply(f"已截单 #{chain.id} {chain.title}，备货名单马上发给 {chain.clerk}。")
