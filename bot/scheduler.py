@@ -77,6 +77,7 @@ class Scheduler:
     def _run(self) -> None:
         while not self._stop.is_set():
             if self._elected():
+                close_due_chains(self.c)  # catch up at once: chains whose deadline passed while down
                 self._add_jobs()
                 self.aps.start()
                 log.info("scheduler started (%s)", self.c.settings.timezone)

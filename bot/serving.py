@@ -9,6 +9,12 @@ import time
 import uvicorn
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 class ServerThread:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -75,9 +75,6 @@ class PlacedOrder:
     created: bool
 
 
-NAME_RE = re.compile(r"^[^\x00-\x1f<>]{1,20}$")
-
-
 def validate(name, phone_tail, qty, request_id) -> tuple[str, str, int, str]:
     name = str(name or "").strip()
     phone_tail = str(phone_tail or "").strip()
@@ -152,8 +149,7 @@ class Chains:
         left = s.scalar(update(Chain).where(Chain.id == chain.id, Chain.status == "open", Chain.stock_left >= qty)
                         .values(stock_left=Chain.stock_left - qty).returning(Chain.stock_left)
                         .execution_options(synchronize_session=False))
-        if left is None:
-            s.rollback()  # give back the per-person hold taken above
+        if left is None:  # raising rolls the whole transaction back, the per-person hold too
             now_left = s.scalar(select(Chain.stock_left).where(Chain.id == chain.id))
             raise SoldOut("已经抢完了。" if not now_left else f"只剩 {now_left} 份了，请少报一些。",
                           remaining=now_left)

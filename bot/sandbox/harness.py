@@ -18,7 +18,7 @@ from bot.sandbox.driver import Driver
 from bot.sandbox.routes import create_sandbox_app
 from bot.sandbox.rules import Rules
 from bot.sandbox.seed import new_corp, seed_stores
-from bot.serving import ServerThread
+from bot.serving import ServerThread, free_port
 
 
 class Harness:
@@ -46,7 +46,7 @@ class Harness:
             "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret,
                       "token": corp.token, "encoding_aes_key": corp.encoding_aes_key,
                       "api_base_url": f"{self.sandbox.url}/cgi-bin/", "timeout_seconds": 5},
-            "stores": self.stores,
+            "stores": self.stores, "public_base_url": f"http://127.0.0.1:{self.bot_port}",
         }
         for key, value in self.overrides.items():
             raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
@@ -54,6 +54,7 @@ class Harness:
 
     def start(self, seed: bool = True) -> Harness:
         self.sandbox = ServerThread(self.sandbox_app).start()
+        self.bot_port = free_port()  # known before the bot starts: links in its messages point here
         self.backend.public_url = self.sandbox.url
         self.cfg = self.settings()
         if seed:
@@ -64,7 +65,7 @@ class Harness:
     def start_bot(self) -> Container:
         engine = self.engine_factory(self.database_url) if self.engine_factory else None
         self.c = bootstrap(self.cfg, clock=self.clock, engine=engine, migrate=True)
-        self.bot = ServerThread(create_app(self.c)).start()
+        self.bot = ServerThread(create_app(self.c), port=self.bot_port).start()
         self.driver = Driver(self.backend, f"{self.bot.url}/wecom/callback")
         self.sandbox_app.state.driver = self.driver
         if self.with_workers:

@@ -1,0 +1,210 @@
+"""Group-buy chains through clerk commands (encrypted callbacks) and the HTTP page API."""
+
+import re
+import secrets
+import threading
+from collections import Counter
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from bot.db.engine import reads_of
+from bot.db.models import Chain, ChainOrder
+from bot.scheduler import close_due_chains
+
+OPEN = "开团 阳光玫瑰葡萄 39.9元 {stock}份 每人限{limit} 截止周六18:00"
+
+
+def replies(h, clerk):
+    return [m["text"]["content"] for m in h.backend.app_messages if m["touser"] == clerk]
+
+
+def open_chain(h, stock=200, limit=2, clerk="zhangsan"):
+    h.driver.clerk_says(clerk, OPEN.format(stock=stock, limit=limit))
+    h.pump()
+    reply = replies(h, clerk)[-1]
+    token = re.search(r"/c/([\w-]+)", reply).group(1)
+    return token, reply
+
+
+def order(h, token, name="王阿姨", tail="1234", qty=1, rid=None, g=None):
+    body = {"name": name, "phone_tail": tail, "qty": qty, "request_id": rid or secrets.token_hex(8)}
+    if g:
+        body["g"] = g
+    return httpx.post(f"{h.bot.url}/c/{token}/orders", json=body, timeout=10)
+
+
+def chain_row(h, token):
+    with reads_of(h.c.sessions)() as s:
+        return s.scalar(select(Chain).where(Chain.token == token))
+
+
+def test_open_replies_with_the_link_and_per_group_links(synced):
+    h = synced
+    token, reply = open_chain(h)
+    assert "已开团 #1：阳光玫瑰葡萄 ¥39.9，200份，每人限2份，截止 11-28 18:00" in reply
+    assert f"{h.c.settings.public_base_url}/c/{token}" in reply
+    assert all(f"?g={chat}" in reply for chat in h.groups["SZ001"])
+
+
+def test_open_with_something_missing_says_exactly_what(synced):
+    h = synced
+    h.driver.clerk_says("zhangsan", "开团 阳光玫瑰葡萄 200份 截止周六18:00")
+    h.pump()
+    reply = replies(h, "zhangsan")[-1]
+    assert "开团还缺：价格（如 39.9元）、每人限购（如 每人限2）" in reply and "例如" in reply
+    with reads_of(h.c.sessions)() as s:
+        assert s.scalar(select(Chain)) is None
+
+
+def test_order_statuses(synced):
+    h = synced
+    token, _ = open_chain(h, stock=3, limit=2)
+    ok = order(h, token, qty=2, rid="request-0001")
+    assert ok.status_code == 201 and ok.json()["remaining"] == 1
+    again = order(h, token, qty=2, rid="request-0001")
+    assert again.status_code == 200 and again.json()["order_token"] == ok.json()["order_token"]
+    over = order(h, token, qty=1)                                  # same person, limit 2 already held
+    assert over.status_code == 409 and over.json()["allowed"] == 0 and "每人限购 2 份" in over.json()["message"]
+    too_many = order(h, token, name="李叔", tail="5678", qty=2)
+    assert too_many.status_code == 409 and too_many.json()["remaining"] == 1 and "只剩 1 份" in too_many.json()["message"]
+    for bad in ({"qty": 0}, {"qty": 3}, {"tail": "12a4"}, {"name": ""}, {"name": "x" * 21}):
+        kw = {"name": "李叔", "tail": "5678", "qty": 1, **bad}
+        assert order(h, token, **kw).status_code == 422
+    assert httpx.post(f"{h.bot.url}/c/{token}/orders", content=b"{not json", timeout=5).status_code == 422
+    assert order(h, "nosuchtoken").status_code == 404
+    assert order(h, token, name="李叔", tail="5678").status_code == 201
+    sold_out = order(h, token, name="赵姐", tail="9999")
+    assert sold_out.status_code == 409 and sold_out.json()["remaining"] == 0 and "抢完" in sold_out.json()["message"]
+    h.driver.clerk_says("zhangsan", "截单 1")
+    h.pump()
+    assert order(h, token, name="孙哥", tail="1111").status_code == 410
+
+
+def test_cancel_returns_stock_and_the_allowance(synced):
+    h = synced
+    token, _ = open_chain(h, stock=2, limit=2)
+    placed = order(h, token, qty=2).json()
+    res = httpx.delete(f"{h.bot.url}/c/{token}/orders/{placed['order_token']}")
+    assert res.status_code == 200 and res.json()["remaining"] == 2
+    assert httpx.delete(f"{h.bot.url}/c/{token}/orders/{placed['order_token']}").json()["remaining"] == 2
+    assert order(h, token, qty=2).status_code == 201               # the allowance came back too
+    assert chain_row(h, token).stock_left == 0
+
+
+def test_the_page_shows_the_chain_and_escapes_what_members_type(synced):
+    h = synced
+    token, _ = open_chain(h)
+    assert order(h, token, name="<b>x</b><script>x()", tail="4321", g=h.groups["SZ001"][0]).status_code == 201
+    page = httpx.get(f"{h.bot.url}/c/{token}?g={h.groups['SZ001'][0]}")
+    assert page.status_code == 200
+    html = page.text
+    assert "阳光玫瑰葡萄" in html and "¥39.9" in html and "剩余 <span class=\"left\" id=\"left\">199</span>" in html
+    assert "<b>" not in html and "&lt;**" in html                   # masked, and escaped
+    assert "尾号**21" in html and "×1" in html
+    assert "cdn" not in html.lower() and "<link" not in html and 'src="http' not in html   # nothing external
+
+
+def test_without_javascript_a_form_post_redirects_back_with_the_order(synced):
+    h = synced
+    token, _ = open_chain(h)
+    g = h.groups["SZ001"][0]
+    page = httpx.get(f"{h.bot.url}/c/{token}?g={g}").text
+    rid = re.search(r'name="request_id" value="([^"]+)"', page).group(1)
+    form = {"name": "钱阿姨", "phone_tail": "2468", "qty": "2", "request_id": rid, "g": g}
+    res = httpx.post(f"{h.bot.url}/c/{token}/orders?g={g}", data=form)
+    assert res.status_code == 303 and "mine=" in res.headers["location"]
+    shown = httpx.get(f"{h.bot.url}{res.headers['location']}").text
+    assert "你已报名 2 份" in shown and "报名成功" in shown
+    assert httpx.post(f"{h.bot.url}/c/{token}/orders?g={g}", data=form).status_code == 303   # a resubmit: same order
+    with reads_of(h.c.sessions)() as s:
+        (o,) = s.scalars(select(ChainOrder)).all()
+    assert (o.qty, o.chat_id, o.store_code) == (2, g, "SZ001")
+    bad = httpx.post(f"{h.bot.url}/c/{token}/orders?g={g}", data={**form, "request_id": "another-one-1", "qty": "5"})
+    assert bad.status_code == 422 and "每人限购 2 份" in bad.text
+
+
+@pytest.mark.slow
+def test_a_crowd_never_oversells_and_limits_hold(synced):
+    """300 simultaneous sign-ups (some people twice) for 100 portions, limit 2."""
+    h = synced
+    token, _ = open_chain(h, stock=100, limit=2)
+    people = [(f"顾客{i % 120}", f"{i % 120:04d}") for i in range(300)]
+    results = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(30)
+
+    def buyer(batch):
+        barrier.wait()
+        with httpx.Client(timeout=30) as http:
+            for name, tail in batch:
+                r = http.post(f"{h.bot.url}/c/{token}/orders",
+                              json={"name": name, "phone_tail": tail, "qty": 2 if int(tail) % 3 else 1,
+                                    "request_id": secrets.token_hex(8)})
+                with lock:
+                    results.append(r.status_code)
+
+    threads = [threading.Thread(target=buyer, args=(people[i::30],)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with reads_of(h.c.sessions)() as s:
+        orders = list(s.scalars(select(ChainOrder).where(ChainOrder.status == "active")))
+    per_person = Counter()
+    for o in orders:
+        per_person[o.buyer_key] += o.qty
+    assert sum(o.qty for o in orders) == 100 and chain_row(h, token).stock_left == 0
+    assert max(per_person.values()) <= 2
+    assert set(results) <= {201, 409} and results.count(201) == len(orders)
+
+
+def test_close_at_the_deadline_sends_the_pick_list_and_a_signed_csv(synced):
+    h = synced
+    token, _ = open_chain(h, stock=10, limit=2)
+    order(h, token, name="王阿姨", tail="1234", qty=2, g=h.groups["SZ001"][0])
+    order(h, token, name="李叔", tail="5678", qty=1)
+    h.clock.advance(days=6)                                        # past Saturday 18:00
+    assert close_due_chains(h.c) == 1 and close_due_chains(h.c) == 0
+    h.pump()
+    pick = [m for m in replies(h, "zhangsan") if "备货名单" in m][0]
+    assert "共 2 人、3 份，金额 119.7 元" in pick and "王** 尾号1234 ×2" in pick
+    csv_url = re.search(r"(http\S+orders\.csv\S+)", pick).group(1)
+    csv = httpx.get(csv_url)
+    assert csv.status_code == 200 and "王阿姨" in csv.text and "1234" in csv.text
+    assert httpx.get(csv_url.replace("sig=", "sig=0")).status_code == 403
+    assert "已截单" in httpx.get(f"{h.bot.url}/c/{token}").text
+    assert order(h, token, name="新人", tail="0000").status_code == 410
+
+
+def test_chains_past_their_deadline_close_when_the_bot_starts_again(synced):
+    from bot.scheduler import Scheduler
+    h = synced
+    token, _ = open_chain(h)
+    h.stop_bot()
+    h.clock.advance(days=7)
+    c = h.start_bot()
+    s = Scheduler(c)
+    s._run()                                                       # what `serve` does when it is elected
+    s.stop()
+    assert chain_row(h, token).status == "closed" and chain_row(h, token).closed_reason == "deadline"
+
+
+def test_clerk_commands_list_orders_and_close_own_stores_only(synced):
+    h = synced
+    token, _ = open_chain(h, stock=4, limit=2)
+    order(h, token, qty=2)
+    order(h, token, name="李叔", tail="5678", qty=2)
+    for text in ("团购", "名单 1"):
+        h.driver.clerk_says("zhangsan", text)
+    h.driver.clerk_says("lisi", "截单 1")                           # another store's clerk
+    h.pump()
+    listing = next(m for m in replies(h, "zhangsan") if m.startswith("进行中的团购"))
+    names = next(m for m in replies(h, "zhangsan") if m.startswith("#1 阳光玫瑰葡萄："))
+    assert "#1 阳光玫瑰葡萄：已报 4/4 份" in listing
+    assert "2人 4份" in names and "王** 尾号1234 ×2" in names
+    assert "没有你门店的 1 号团购" in replies(h, "lisi")[-1]
+    assert chain_row(h, token).status == "open"
+    milestones = [m for m in replies(h, "zhangsan") if "团购过半" in m or "团购已抢完" in m]
+    assert len(milestones) == 2
