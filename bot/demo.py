@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from bot.db.engine import reads_of
-from bot.db.models import Event, Outbox, Welcome
+from bot.db.models import Chain, ChainOrder, Event, Outbox, Welcome
 from bot.funnel.report import print_report
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.errors import SandboxError
@@ -76,6 +76,8 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
                   f"/{members}, welcomes delivered {len(backend.welcomes)}", flush=True)
         _drain(c)
 
+        chain_summary = _chain_race(h)
+
         # WeCom redelivers when it thinks the bot was slow: the very same request again.
         sample = next(d for d in deliveries if d.kind.startswith("change_external_contact"))
         params, body = sample.request
@@ -118,6 +120,7 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
             print("   " + reply[-1]["text"]["content"].replace("\n", "\n   "))
 
         _summary(c, backend, deliveries, dup_statuses, time.monotonic() - started)
+        print(chain_summary)
         if serve:
             print(f"\nServing: bot {bot.url} (/healthz, /metrics), sandbox {sandbox.url}/_sandbox/state. Ctrl-C stops.")
             threading.Event().wait()
@@ -130,6 +133,50 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
 
 def _no_code(backend: WeComBackend) -> int:
     return sum(1 for e in backend.external.values() if set(e["follow"]) & backend.admin_welcome)
+
+
+def _chain_race(h: Harness, stock: int = 50, crowd: int = 150) -> str:
+    """A clerk opens a chain by chat command; a crowd races for it through the page API."""
+    import re
+    import secrets
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    c, driver, backend = h.c, h.driver, h.backend
+    print(f"\n3b. 小张 opens a group-buy by chat: 开团 阳光玫瑰葡萄 39.9元 {stock}份 每人限2 截止明天18:00")
+    driver.clerk_says("zhangsan", f"开团 阳光玫瑰葡萄 39.9元 {stock}份 每人限2 截止明天18:00")
+    _drain(c)
+    reply = next(m["text"]["content"] for m in reversed(backend.app_messages)
+                 if m["touser"] == "zhangsan" and "已开团" in m["text"]["content"])
+    print("   " + reply.replace("\n", "\n   "))
+    token = re.search(r"/c/([\w-]+)", reply).group(1)
+    chat = h.groups["SZ001"][0]
+    statuses: list[int] = []
+
+    http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32))
+
+    def buyer(i: int) -> int:
+        body = {"name": f"顾客{i}", "phone_tail": f"{i:04d}", "qty": 1 + i % 2, "request_id": secrets.token_hex(8),
+                "g": chat}
+        return http.post(f"{h.bot.url}/c/{token}/orders", json=body).status_code
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(32) as pool, http:
+        statuses = list(pool.map(buyer, range(crowd)))
+    took = time.monotonic() - t0
+    with reads_of(c.sessions)() as s:
+        chain = s.scalar(select(Chain).where(Chain.token == token))
+        sold = sum(o.qty for o in s.scalars(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
+                                                                     ChainOrder.status == "active")))
+    print(f"   {crowd} members raced for {stock} portions in {took:.1f}s: {statuses.count(201)} orders accepted "
+          f"({sold} portions), {statuses.count(409)} told it is sold out; stock left {chain.stock_left}")
+    driver.clerk_says("zhangsan", f"截单 {chain.id}")
+    _drain(c)
+    pick = next((m["text"]["content"] for m in backend.app_messages if "【备货名单】" in m["text"]["content"]), "")
+    print("   截单 → the pick list reached 小张:\n   " + "\n   ".join(pick.splitlines()[:5]) + "\n   ……")
+    return (f"  group-buy                 {sold}/{stock} portions sold to {statuses.count(201)} members "
+            f"(oversold: {max(0, sold - stock)}), pick list {'sent' if pick else 'MISSING'}")
 
 
 def _drain(c, timeout: float = 25) -> None:

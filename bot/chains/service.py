@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from bot.chains.parse import OpenChainArgs
 from bot.db.models import Chain, ChainBuyer, ChainOrder, GroupChat, Store
 from bot.outbox import OutboxRepo, insert_ignore
+from bot.text import app_text as _text, fit_lines
 
 
 class ChainError(Exception):
@@ -132,7 +133,8 @@ class Chains:
         if chain.status != "open" or now >= chain.deadline:
             raise ChainClosed("这个团购已经截单了。", remaining=chain.stock_left)
         if now < chain.opens_at:
-            raise NotOpenYet(f"还没开始，{chain.opens_at:%m-%d %H:%M} 开团。", remaining=chain.stock_left)
+            raise NotOpenYet(f"还没开始，{chain.opens_at.astimezone(self.clock.tz):%m-%d %H:%M} 开团。",
+                             remaining=chain.stock_left)
         if not 1 <= qty <= chain.per_person_limit:
             raise InvalidOrder(f"每人限购 {chain.per_person_limit} 份，请填 1 到 {chain.per_person_limit}。")
         buyer_key = f"{name.lower()}|{phone_tail}"
@@ -177,7 +179,7 @@ class Chains:
                         .execution_options(synchronize_session=False)):
                 outbox.add("send", f"chain_sold_out:{chain.id}", _text(chain.clerk,
                            f"【团购已抢完】{chain.title}：{chain.stock_total} 份全部报满，"
-                           f"截单时间 {chain.deadline:%m-%d %H:%M} 会把备货名单发给你。"))
+                           f"截单时间 {chain.deadline.astimezone(self.clock.tz):%m-%d %H:%M} 会把备货名单发给你。"))
 
     def cancel(self, s: Session, token: str, order_token: str, now: datetime) -> int:
         """Cancel before the deadline; the stock and the person's allowance come back. Returns stock left."""
@@ -228,10 +230,7 @@ class Chains:
                 f"共 {len(orders)} 人、{sold} 份，金额 {yuan(sold * chain.price_cents)} 元；剩余 {chain.stock_total - sold} 份")
         lines = [f"{i}. {mask_name(o.name)} 尾号{o.phone_tail} ×{o.qty} {names.get(o.chat_id, '') if o.chat_id else ''}"
                  .rstrip() for i, o in enumerate(orders, 1)]
-        body = "\n".join(lines[:60]) + (f"\n……共 {len(lines)} 条，完整名单见表格" if len(lines) > 60 else "")
-        return f"{head}\n{body}\n完整表格：{self.csv_link(chain)}"
+        return fit_lines(head, lines, f"完整表格：{self.csv_link(chain)}")
 
 
-def _text(userid: str, content: str) -> dict:
-    return {"touser": [userid], "msgtype": "text", "content": {"content": content[:2000]}}
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from bot.db.models import Store
 from bot.events import ClerkTextReceived
 from bot.inbox import StoredEvent
+from bot.text import app_text
 from bot.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,5 @@ def on_clerk_text(evt: ClerkTextReceived, uow: UnitOfWork, stored: StoredEvent, 
         except Exception:  # never silence: a short reply, the details in the log with the event id
             log.exception("command %r from %s (event %s) failed", evt.content, evt.userid, stored.id)
             reply = Reply(f"处理出错了，已记录（编号 {stored.id}），请稍后再试。")
-    uow.outbox.add("send", f"reply:{evt.msg_id or stored.id}",
-                   {"touser": [evt.userid], "msgtype": "text", "content": {"content": reply.text[:2000]}}, priority=0)
+    uow.outbox.add("send", f"reply:{evt.msg_id or stored.id}", app_text(evt.userid, reply.text), priority=0)
     return []

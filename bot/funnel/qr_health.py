@@ -28,6 +28,7 @@ from bot.config import QrHealthSettings
 from bot.config import Store as StoreConfig
 from bot.db.models import FunnelFact, GroupChat, QrFinding, Store
 from bot.outbox import OutboxRepo
+from bot.text import app_text
 from bot.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,7 @@ class QrHealth:
         tag = "clear" if resolved else "alert"
         for clerk, texts in per_clerk.items():
             ids = ",".join(str(f.id) for f in findings)
-            outbox.add("send", f"qr_{tag}:{clerk}:{ids}",
-                       {"touser": [clerk], "msgtype": "text", "content": {"content": "\n\n".join(texts)[:2000]}})
+            outbox.add("send", f"qr_{tag}:{clerk}:{ids}", app_text(clerk, "\n\n".join(texts)))
 
 
 def store_config(row: Store) -> StoreConfig:

@@ -12,6 +12,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from bot.text import truncate_utf8
+
 log = logging.getLogger(__name__)
 
 MAX_TEXT_BYTES = 4000
@@ -37,11 +39,6 @@ class RenderedWelcome:
     text: str
     attach_group_qr: bool
     attachments: list[dict]
-
-
-def truncate_utf8(text: str, limit: int) -> str:
-    data = text.encode("utf-8")
-    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 class WelcomeContent:

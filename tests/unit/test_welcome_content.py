@@ -49,3 +49,10 @@ def test_failing_template_falls_back_to_builtin(tmp_path):
 def test_text_is_capped_at_4000_bytes(tmp_path):
     content = make(tmp_path, "welcome:\n  benefit: " + "券" * 3000 + "\n")
     assert len(content.render(store_code="S", store_name="店", clerk="u").text.encode()) <= 4000
+
+
+def test_app_text_and_fit_lines_respect_wecoms_byte_limit():
+    from bot.text import app_text, fit_lines
+    assert len(app_text("u", "名" * 3000)["content"]["content"].encode()) <= 2048
+    msg = fit_lines("头", [f"{i}. 王** 尾号1234 ×2 深圳科技园店福利1群" for i in range(200)], "完整表格：http://x/y.csv")
+    assert len(msg.encode()) <= 2048 and msg.endswith("完整表格：http://x/y.csv") and "……还有" in msg
