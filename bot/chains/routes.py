@@ -59,16 +59,20 @@ def chain_router(c) -> APIRouter:
 
     def place(token: str, body: dict, g: str):
         now = c.clock.now()
-        for _ in range(2):  # a concurrent duplicate request_id: the second try replays the first order
+        fields = dict(name=body.get("name"), phone_tail=body.get("phone_tail"), qty=body.get("qty"),
+                      request_id=body.get("request_id"))
+        for _ in range(2):  # a concurrent duplicate request_id: the second pass replays the first order
+            with reads() as rs:
+                chain, existing, clean = c.chains.check(rs, token, now=now, **fields)
+            if existing is not None:
+                return {"order_token": existing.order_token, "remaining": chain.stock_left, "qty": existing.qty}, False
             try:
                 with c.sessions.begin() as s:
-                    placed = c.chains.place(s, token, name=body.get("name"), phone_tail=body.get("phone_tail"),
-                                            qty=body.get("qty"), request_id=body.get("request_id"),
-                                            chat_id=body.get("g") or g or None, now=now)
+                    placed = c.chains.take(s, chain, *clean, chat_id=body.get("g") or g or None, now=now)
                     result = {"order_token": placed.order.order_token, "remaining": placed.remaining,
-                              "qty": placed.order.qty}, placed.created
+                              "qty": placed.order.qty}
                 c.doorbell.ring()
-                return result
+                return result, True
             except IntegrityError:
                 continue
         raise ChainError("请稍后再试。")

@@ -119,17 +119,19 @@ class Chains:
         return list(s.scalars(select(GroupChat).where(GroupChat.store_code == store_code).order_by(GroupChat.name)))
 
     # -- ordering ---------------------------------------------------------------------------
-    def place(self, s: Session, token: str, *, name, phone_tail, qty, request_id, chat_id: str | None,
-              now: datetime) -> PlacedOrder:
-        """One transaction: the caller commits on success; any ChainError leaves nothing behind."""
+    def check(self, reads: Session, token: str, *, name, phone_tail, qty, request_id, now: datetime
+              ) -> tuple[Chain, ChainOrder | None, tuple[str, str, int, str]]:
+        """Everything that can be answered from a read, without the write lock: invalid input, an
+        unknown, closed or not yet open chain, a quantity over the limit, a replayed request, and
+        a chain visibly sold out. A fast path only: `take` decides by conditional UPDATE."""
         name, phone_tail, qty, request_id = validate(name, phone_tail, qty, request_id)
-        chain = s.scalar(select(Chain).where(Chain.token == token))
+        chain = reads.scalar(select(Chain).where(Chain.token == token))
         if chain is None:
             raise ChainNotFound("没有这个团购。")
-        existing = s.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
-                                                     ChainOrder.request_id == request_id))
+        existing = reads.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
+                                                         ChainOrder.request_id == request_id))
         if existing is not None:  # a retried submit: the same answer, nothing taken twice
-            return PlacedOrder(existing, chain.stock_left, False)
+            return chain, existing, (name, phone_tail, qty, request_id)
         if chain.status != "open" or now >= chain.deadline:
             raise ChainClosed("这个团购已经截单了。", remaining=chain.stock_left)
         if now < chain.opens_at:
@@ -137,6 +139,14 @@ class Chains:
                              remaining=chain.stock_left)
         if not 1 <= qty <= chain.per_person_limit:
             raise InvalidOrder(f"每人限购 {chain.per_person_limit} 份，请填 1 到 {chain.per_person_limit}。")
+        if chain.stock_left == 0:
+            raise SoldOut("已经抢完了。", remaining=0)
+        return chain, None, (name, phone_tail, qty, request_id)
+
+    def take(self, s: Session, chain: Chain, name: str, phone_tail: str, qty: int, request_id: str,
+             chat_id: str | None, now: datetime) -> PlacedOrder:
+        """One write transaction (the caller commits); any ChainError leaves nothing behind. The
+        chain row, which every order contends for, is updated last, so its lock is held briefly."""
         buyer_key = f"{name.lower()}|{phone_tail}"
         insert_ignore(s, ChainBuyer, dict(chain_id=chain.id, buyer_key=buyer_key, qty=0))
         held = s.scalar(update(ChainBuyer).where(
@@ -148,20 +158,23 @@ class Chains:
             raise OverLimit(f"每人限购 {chain.per_person_limit} 份，你已报名 {had} 份，最多还能报 "
                             f"{max(0, chain.per_person_limit - had)} 份。",
                             remaining=chain.stock_left, allowed=max(0, chain.per_person_limit - had))
-        left = s.scalar(update(Chain).where(Chain.id == chain.id, Chain.status == "open", Chain.stock_left >= qty)
-                        .values(stock_left=Chain.stock_left - qty).returning(Chain.stock_left)
-                        .execution_options(synchronize_session=False))
-        if left is None:  # raising rolls the whole transaction back, the per-person hold too
-            now_left = s.scalar(select(Chain.stock_left).where(Chain.id == chain.id))
-            raise SoldOut("已经抢完了。" if not now_left else f"只剩 {now_left} 份了，请少报一些。",
-                          remaining=now_left)
         group = s.get(GroupChat, chat_id) if chat_id else None
         order = ChainOrder(chain_id=chain.id, order_token=secrets.token_urlsafe(12), request_id=request_id,
                            buyer_key=buyer_key, name=name, phone_tail=phone_tail, qty=qty,
                            chat_id=group.chat_id if group and group.store_code == chain.store_code else None,
                            store_code=chain.store_code, created_at=now)
         s.add(order)
-        s.flush()  # a concurrent duplicate request_id fails here: the caller retries as a replay
+        s.flush()  # a concurrent duplicate request_id fails here: the caller replays it
+        left = s.scalar(update(Chain).where(Chain.id == chain.id, Chain.status == "open", Chain.stock_left >= qty,
+                                            Chain.deadline > now)
+                        .values(stock_left=Chain.stock_left - qty).returning(Chain.stock_left)
+                        .execution_options(synchronize_session=False))
+        if left is None:  # raising rolls the whole transaction back: the hold and the order go too
+            row = s.execute(select(Chain.stock_left, Chain.status).where(Chain.id == chain.id)).one()
+            if row.status != "open":
+                raise ChainClosed("这个团购已经截单了。", remaining=row.stock_left)
+            raise SoldOut("已经抢完了。" if not row.stock_left else f"只剩 {row.stock_left} 份了，请少报一些。",
+                          remaining=row.stock_left)
         self._milestones(s, chain, left, now)
         return PlacedOrder(order, left, True)
 
