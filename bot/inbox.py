@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import events as ev
 from bot.clock import Clock
-from bot.db.claim import claim_due
+from bot.db.claim import anything_due, claim_due
+from bot.db.engine import reads_of
 from bot.db.models import Event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -151,8 +152,12 @@ class EventDispatcher:
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
+        self.reads = reads_of(sessions)
 
     def run_once(self) -> int:
+        with self.reads() as r:
+            if not anything_due(r, Event, self.clock.now()):
+                return 0
         with self.sessions.begin() as s:
             rows = claim_due(s, Event, now=self.clock.now(), owner=self.owner, limit=self.batch, lease=self.lease)
         for row in rows:

@@ -11,7 +11,6 @@ answer 41051; message/send uses enable_duplicate_check).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,7 +22,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
-from bot.db.claim import claim_due
+from bot.db.claim import anything_due, claim_due
+from bot.db.engine import reads_of
 from bot.db.models import Outbox
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
@@ -99,10 +99,13 @@ class OutboxWorker:
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.on_settled = on_settled
-        self._lock = threading.Lock()
+        self.reads = reads_of(sessions)
 
     def run_once(self) -> int:
         """Claim and run one batch; the number of rows run."""
+        with self.reads() as r:
+            if not anything_due(r, Outbox, self.clock.now()):
+                return 0
         with self.sessions.begin() as s:
             rows = claim_due(s, Outbox, now=self.clock.now(), owner=self.owner, limit=self.batch, lease=self.lease)
         for row in rows:

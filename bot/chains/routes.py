@@ -71,7 +71,8 @@ def chain_router(c) -> APIRouter:
                     placed = c.chains.take(s, chain, *clean, chat_id=body.get("g") or g or None, now=now)
                     result = {"order_token": placed.order.order_token, "remaining": placed.remaining,
                               "qty": placed.order.qty}
-                c.doorbell.ring()
+                if placed.notified:
+                    c.doorbell.ring()
                 return result, True
             except IntegrityError:
                 continue

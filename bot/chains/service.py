@@ -74,6 +74,7 @@ class PlacedOrder:
     order: ChainOrder
     remaining: int
     created: bool
+    notified: bool = False   # a message to the clerk was queued (half sold, sold out)
 
 
 def validate(name, phone_tail, qty, request_id) -> tuple[str, str, int, str]:
@@ -175,24 +176,25 @@ class Chains:
                 raise ChainClosed("这个团购已经截单了。", remaining=row.stock_left)
             raise SoldOut("已经抢完了。" if not row.stock_left else f"只剩 {row.stock_left} 份了，请少报一些。",
                           remaining=row.stock_left)
-        self._milestones(s, chain, left, now)
-        return PlacedOrder(order, left, True)
+        return PlacedOrder(order, left, True, notified=self._milestones(s, chain, left, now))
 
-    def _milestones(self, s: Session, chain: Chain, left: int, now: datetime) -> None:
+    def _milestones(self, s: Session, chain: Chain, left: int, now: datetime) -> bool:
         """Half sold and sold out: tell the clerk once each (a conditional UPDATE decides who tells)."""
         outbox = OutboxRepo(s, self.clock)
+        told = False
         if left <= chain.stock_total // 2:
             if s.scalar(update(Chain).where(Chain.id == chain.id, Chain.notified_half.is_(False))
                         .values(notified_half=True).returning(Chain.id).execution_options(synchronize_session=False)):
-                outbox.add("send", f"chain_half:{chain.id}", _text(chain.clerk,
-                           f"【团购过半】{chain.title}：已报名 {chain.stock_total - left}/{chain.stock_total} 份。"))
+                told = outbox.add("send", f"chain_half:{chain.id}", _text(chain.clerk,
+                                  f"【团购过半】{chain.title}：已报名 {chain.stock_total - left}/{chain.stock_total} 份。"))
         if left == 0:
             if s.scalar(update(Chain).where(Chain.id == chain.id, Chain.notified_sold_out.is_(False))
                         .values(notified_sold_out=True).returning(Chain.id)
                         .execution_options(synchronize_session=False)):
-                outbox.add("send", f"chain_sold_out:{chain.id}", _text(chain.clerk,
-                           f"【团购已抢完】{chain.title}：{chain.stock_total} 份全部报满，"
-                           f"截单时间 {chain.deadline.astimezone(self.clock.tz):%m-%d %H:%M} 会把备货名单发给你。"))
+                told = outbox.add("send", f"chain_sold_out:{chain.id}", _text(chain.clerk,
+                                  f"【团购已抢完】{chain.title}：{chain.stock_total} 份全部报满，"
+                                  f"截单时间 {chain.deadline.astimezone(self.clock.tz):%m-%d %H:%M} 会把备货名单发给你。"))
+        return told
 
     def cancel(self, s: Session, token: str, order_token: str, now: datetime) -> int:
         """Cancel before the deadline; the stock and the person's allowance come back. Returns stock left."""

@@ -13,9 +13,18 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 
+def _due(model, now: datetime):
+    return or_(and_(model.status == "pending", model.next_attempt_at <= now),
+               and_(model.status == "running", model.lease_until < now))
+
+
+def anything_due(session: Session, model, now: datetime) -> bool:
+    """A cheap read before a claim: an idle worker must not take SQLite's write lock to find nothing."""
+    return session.execute(select(model.id).where(_due(model, now)).limit(1)).first() is not None
+
+
 def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int, lease: timedelta) -> list:
-    due = or_(and_(model.status == "pending", model.next_attempt_at <= now),
-              and_(model.status == "running", model.lease_until < now))
+    due = _due(model, now)
     pick = select(model.id).where(due).order_by(model.priority, model.next_attempt_at, model.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
