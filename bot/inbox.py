@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import events as ev
 from bot.clock import Clock
 from bot.db.claim import anything_due, claim_due
-from bot.db.engine import reads_of
+from bot.db.engine import reads_of, urgent_of
 from bot.db.models import Event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -52,7 +52,7 @@ class EventRecorder:
 
     def __init__(self, sessions: sessionmaker[Session], clock: Clock, on_stored: Callable[[], None] = lambda: None,
                  max_batch: int = 256):
-        self.sessions = sessions
+        self.sessions = urgent_of(sessions)  # WeCom is waiting for the answer: first in line
         self.clock = clock
         self.on_stored = on_stored
         self.max_batch = max_batch

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 READ_ONLY = "wecom_bot_read_only"
+URGENT = "wecom_bot_urgent"  # writers someone is waiting on (callback acknowledgements) go first
 
 
 class FairLock:
@@ -21,14 +22,17 @@ class FairLock:
         self._waiters: deque[threading.Lock] = deque()
         self._held = False
 
-    def acquire(self) -> None:
+    def acquire(self, urgent: bool = False) -> None:
         with self._guard:
             if not self._held:
                 self._held = True
                 return
             baton = threading.Lock()
             baton.acquire()
-            self._waiters.append(baton)
+            if urgent:
+                self._waiters.appendleft(baton)
+            else:
+                self._waiters.append(baton)
         baton.acquire()  # released by the holder: the lock is ours, still marked held
 
     def release(self) -> None:
@@ -72,7 +76,7 @@ def make_engine(url: str, **kw) -> Engine:
                 conn.exec_driver_sql("BEGIN")
                 return
             dbapi_id = id(conn.connection.dbapi_connection)
-            write_lock.acquire()
+            write_lock.acquire(urgent=bool(conn.get_execution_options().get(URGENT)))
             holders.add(dbapi_id)
             try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -112,6 +116,11 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that only read: on SQLite they never take the write lock."""
     return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+
+
+def urgent_of(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """The same writes, first in line for SQLite's write lock (someone is waiting on them)."""
+    return sessionmaker(sessions.kw["bind"].execution_options(**{URGENT: True}), expire_on_commit=False)
 
 
 def reads_of(sessions: sessionmaker[Session]) -> sessionmaker[Session]:

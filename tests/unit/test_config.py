@@ -83,3 +83,29 @@ def test_repo_config_is_valid():
     from pathlib import Path
     s = load_settings(Path(__file__).resolve().parents[2] / "config.yaml", environ={})
     assert s.stores
+
+
+def test_fair_lock_is_fifo_and_urgent_writers_go_first():
+    import threading
+    import time
+
+    from bot.db.engine import FairLock
+
+    lock, order = FairLock(), []
+    lock.acquire()
+
+    def take(name, urgent=False):
+        lock.acquire(urgent=urgent)
+        order.append(name)
+        lock.release()
+
+    threads = []
+    for name, urgent in (("a", False), ("b", False), ("ack", True)):
+        t = threading.Thread(target=take, args=(name, urgent))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)        # queue in this order
+    lock.release()
+    for t in threads:
+        t.join()
+    assert order == ["ack", "a", "b"]
