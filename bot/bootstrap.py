@@ -22,6 +22,7 @@ from bot.provisioning import Provisioner
 from bot.welcome.content import WelcomeContent
 import hashlib
 
+from bot.chains.batcher import OrderBatcher
 from bot.chains.service import Chains
 from bot.commands.chains import router as chain_commands
 from bot.commands.funnel import router as funnel_commands
@@ -85,6 +86,7 @@ class Container:
     qr_health: QrHealth | None = None
     commands: CommandRouter | None = None
     chains: Chains | None = None
+    order_batcher: OrderBatcher | None = None
 
     def __post_init__(self) -> None:
         self.recorder = EventRecorder(self.sessions, self.clock, on_stored=self.doorbell.ring)
@@ -94,6 +96,7 @@ class Container:
         key = hashlib.sha256(b"csv:" + self.settings.wecom.secret.get_secret_value().encode()
                              + self.settings.admin_token.get_secret_value().encode()).digest()
         self.chains = Chains(self.settings.public_base_url, key, self.clock)
+        self.order_batcher = OrderBatcher(self.sessions, self.chains, on_notified=self.doorbell.ring)
 
     def migrate(self) -> None:
         upgrade(self.engine)
@@ -133,6 +136,7 @@ class Container:
 
     def close(self) -> None:
         self.recorder.stop()
+        self.order_batcher.stop()
         if self.workers:
             self.workers.stop()
         self.engine.dispose()

@@ -13,7 +13,6 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from bot.chains.service import ChainError, csv_signature, mask_name, mask_phone, yuan
@@ -57,26 +56,19 @@ def chain_router(c) -> APIRouter:
         return render(token, g, mine_token=mine or None, message=error or ("报名成功！" if mine and not error else None),
                       ok=not error)
 
-    def place(token: str, body: dict, g: str):
+    def check(token: str, body: dict):
         now = c.clock.now()
-        fields = dict(name=body.get("name"), phone_tail=body.get("phone_tail"), qty=body.get("qty"),
-                      request_id=body.get("request_id"))
-        for _ in range(2):  # a concurrent duplicate request_id: the second pass replays the first order
-            with reads() as rs:
-                chain, existing, clean = c.chains.check(rs, token, now=now, **fields)
-            if existing is not None:
-                return {"order_token": existing.order_token, "remaining": chain.stock_left, "qty": existing.qty}, False
-            try:
-                with c.sessions.begin() as s:
-                    placed = c.chains.take(s, chain, *clean, chat_id=body.get("g") or g or None, now=now)
-                    result = {"order_token": placed.order.order_token, "remaining": placed.remaining,
-                              "qty": placed.order.qty}
-                if placed.notified:
-                    c.doorbell.ring()
-                return result, True
-            except IntegrityError:
-                continue
-        raise ChainError("请稍后再试。")
+        with reads() as rs:
+            chain, existing, clean = c.chains.check(rs, token, now=now, name=body.get("name"),
+                                                    phone_tail=body.get("phone_tail"), qty=body.get("qty"),
+                                                    request_id=body.get("request_id"))
+        return chain, existing, clean, now
+
+    async def place(token: str, body: dict, g: str):
+        chain, existing, clean, now = await run_in_threadpool(check, token, body)
+        if existing is not None:  # a replayed submit, answered from a read
+            return {"order_token": existing.order_token, "remaining": chain.stock_left, "qty": existing.qty}, False
+        return await c.order_batcher.take(chain, clean, body.get("g") or g or None, now)
 
     @r.post("/c/{token}/orders")
     async def order(token: str, request: Request, g: str = ""):
@@ -95,7 +87,7 @@ def chain_router(c) -> APIRouter:
         except ValueError:
             return JSONResponse({"message": "请求格式不对。"}, status_code=422)
         try:
-            result, created = await run_in_threadpool(place, token, body, g)
+            result, created = await place(token, body, g)
         except ChainError as e:
             if is_form:
                 return await run_in_threadpool(render, token, body.get("g") or g, message=e.message, status=e.status)
