@@ -7,11 +7,8 @@ handler that raises leaves its event retryable (with back-off), never silently d
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +21,7 @@ from bot import events as ev
 from bot.clock import Clock
 from bot.db.claim import anything_due, claim_due
 from bot.db.engine import reads_of, urgent_of
+from bot.db.group_commit import GroupCommitter
 from bot.db.models import Event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -45,67 +43,33 @@ def priority_of(kind: str) -> int:
     return 0 if kind in URGENT_KINDS else 1
 
 
-class EventRecorder:
+class EventRecorder(GroupCommitter):
     """Stores verified callbacks with group commit: one transaction for every callback waiting at
     that moment, so a burst costs one commit, not one per request. Each request is acknowledged
     only after its row is committed; a failed batch fails its requests (non-200: WeCom retries)."""
 
+    name = "event-recorder"
+
     def __init__(self, sessions: sessionmaker[Session], clock: Clock, on_stored: Callable[[], None] = lambda: None,
                  max_batch: int = 256):
+        super().__init__(max_batch)
         self.sessions = urgent_of(sessions)  # WeCom is waiting for the answer: first in line
         self.clock = clock
         self.on_stored = on_stored
-        self.max_batch = max_batch
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
     async def record(self, cb: InboundCallback) -> bool:
         """True when stored now; False when it was stored before (a redelivery)."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._ensure_started()
-        self._queue.put((cb, loop, fut))
-        return await fut
+        return await self.submit(cb)
 
-    def _ensure_started(self) -> None:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
-                    self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-            try:
-                created = self.store([cb for cb, _, _ in batch])
-            except Exception as e:  # the database is down: these requests fail, WeCom redelivers
-                log.exception("storing %d callbacks failed", len(batch))
-                for _, loop, fut in batch:
-                    loop.call_soon_threadsafe(_settle_future, fut, None, e)
-                continue
-            for (_, loop, fut), new in zip(batch, created):
-                loop.call_soon_threadsafe(_settle_future, fut, new, None)
-            if any(created):
-                self.on_stored()
+    def commit_batch(self, callbacks: list[InboundCallback]) -> list[bool]:
+        try:
+            created = self.store(callbacks)
+        except Exception:
+            log.exception("storing %d callbacks failed", len(callbacks))
+            raise
+        if any(created):
+            self.on_stored()
+        return created
 
     def store(self, callbacks: list[InboundCallback]) -> list[bool]:
         """One INSERT … ON CONFLICT DO NOTHING RETURNING for the batch; per callback, whether it is new."""
@@ -123,15 +87,6 @@ class EventRecorder:
             out.append(cb.delivery_key in stored and cb.delivery_key not in seen)
             seen.add(cb.delivery_key)
         return out
-
-
-def _settle_future(fut: asyncio.Future, result, error) -> None:
-    if fut.done():  # the request was cancelled (client went away); the row stands either way
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
 
 
 @dataclass(frozen=True)

@@ -13,31 +13,18 @@ throughput and latency p50/p99. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import uuid
-from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_callbacks import PG_URL, free_port, run_wrk, wait_http, write_config  # noqa: E402
-from bot.bootstrap import bootstrap  # noqa: E402
-from bot.chains.parse import parse_open_args  # noqa: E402
-from bot.config import load_settings  # noqa: E402
-from bot.db.models import Store  # noqa: E402
-from bot.sandbox.seed import new_corp  # noqa: E402
+from benchlib import ROOT, require_wrk, run_wrk, sandbox_and_bot
+from bot.bootstrap import bootstrap
+from bot.chains.parse import parse_open_args
+from bot.config import load_settings
+from bot.db.models import Store
 
 
-def open_chain(cfg: Path, stock: int) -> str:
+def open_chain(cfg, stock: int) -> str:
     c = bootstrap(load_settings(cfg))
     now = c.clock.now()
     with c.sessions.begin() as s:
@@ -50,41 +37,21 @@ def open_chain(cfg: Path, stock: int) -> str:
 
 
 def bench(db: str, orders: int, stock: int, connections: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-chain-"))
-    admin = schema = None
-    if db == "sqlite":
-        db_url = f"sqlite:///{tmp / 'bench.db'}"
-    else:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        db_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    corp = new_corp()
-    sandbox_port, bot_port = free_port(), free_port()
-    cfg = tmp / "config.yaml"
-    write_config(cfg, corp, db_url, sandbox_port, bot_port)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cli = [sys.executable, "-m", "bot", "--config", str(cfg)]
-    procs = [subprocess.Popen(cli + ["sandbox"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        wait_http(f"http://127.0.0.1:{sandbox_port}/_sandbox/state")
-        subprocess.run(cli + ["sync"], env=env, check=True, stdout=subprocess.DEVNULL)
-        token = open_chain(cfg, stock)
-        procs.append(subprocess.Popen(cli + ["serve", "--port", str(bot_port)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_http(f"http://127.0.0.1:{bot_port}/healthz")
-        base = f"http://127.0.0.1:{bot_port}"
-        ref = run_wrk(f"{base}/healthz", 5, connections)
+    with sandbox_and_bot(db) as svc:
+        svc.cli("sync")
+        token = open_chain(svc.config, stock)
+        ref = run_wrk(f"{svc.bot}/healthz", 5, connections)
         # a server that has been up: pools and threads warm (members open the page before the race)
-        run_wrk(f"{base}/c/{token}", 2, connections)
-        res = run_wrk(base, 60, connections, ROOT / "scripts" / "wrk_orders.lua", [f"/c/{token}/orders", str(orders // 2)])
+        run_wrk(f"{svc.bot}/c/{token}", 2, connections)
+        res = run_wrk(svc.bot, 60, connections, ROOT / "scripts" / "wrk_orders.lua",
+                      [f"/c/{token}/orders", str(orders // 2)])
         counts = dict(re.findall(r"(created|conflict|other)=(\d+)", res["raw"]))
         span = float(re.search(r"span_ms=([\d.]+)", res["raw"]).group(1)) / 1000
         answered = sum(int(v) for v in counts.values())
-        engine = create_engine(db_url)
+        engine = create_engine(svc.db_url)
         with engine.connect() as conn:
-            sold = conn.execute(text("SELECT coalesce(sum(qty), 0), count(*) FROM chain_order WHERE status = 'active'")).one()
+            sold = conn.execute(text("SELECT coalesce(sum(qty), 0), count(*) FROM chain_order "
+                                     "WHERE status = 'active'")).one()
             left = conn.execute(text("SELECT stock_left FROM chain")).scalar()
         engine.dispose()
         print(f"[{db}] GET /healthz (reference): {ref['rps']:7.0f} req/s  p50 {ref['p50']:.1f} ms  p99 {ref['p99']:.1f} ms")
@@ -94,18 +61,6 @@ def bench(db: str, orders: int, stock: int, connections: int) -> None:
         print(f"[{db}]   answers: 201 accepted {counts.get('created')}, 409 sold out {counts.get('conflict')}, "
               f"other {counts.get('other')}; database: {sold[1]} orders, {sold[0]} portions sold, stock left {left}, "
               f"oversold {max(0, sold[0] - stock)}")
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -115,8 +70,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=100)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     a = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed: apt-get install wrk")
+    require_wrk()
     for db in (["sqlite", "postgresql"] if a.db == "both" else [a.db]):
         bench(db, a.orders, a.stock, a.connections)
 

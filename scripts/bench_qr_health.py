@@ -20,7 +20,7 @@ import argparse
 import bisect
 import math
 import random
-import statistics
+
 import sys
 import time
 from datetime import datetime, timedelta, timezone
