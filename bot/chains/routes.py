@@ -52,7 +52,7 @@ def chain_router(c) -> APIRouter:
         return HTMLResponse(html, status_code=status)
 
     @r.get("/c/{token}")
-    def page(token: str, g: str = "", mine: str = "", error: str = "", done: str = ""):
+    def page(token: str, g: str = "", mine: str = "", error: str = ""):
         return render(token, g, mine_token=mine or None, message=error or ("报名成功！" if mine and not error else None),
                       ok=not error)
 
