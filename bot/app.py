@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.bootstrap import Container
+from bot.broadcast.sidebar import sidebar_router
 from bot.chains.routes import chain_router
 from bot.wecom.callback import CallbackRejected
 
@@ -60,6 +61,7 @@ def create_app(c: Container) -> FastAPI:
         return PlainTextResponse("")
 
     app.include_router(chain_router(c))
+    app.include_router(sidebar_router(c))
 
     @app.get("/healthz")
     def healthz():

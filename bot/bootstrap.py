@@ -22,8 +22,14 @@ from bot.provisioning import Provisioner
 from bot.welcome.content import WelcomeContent
 import hashlib
 
+from bot.broadcast.delivery import cancel_executor, mass_executor, remind_executor, reminder_executor
+from bot.broadcast.dispatch import Broadcaster
+from bot.broadcast.follow_up import FollowUp
+from bot.broadcast.sidebar import SidebarLinks
+from bot.calendar.calendar import ContentCalendar
 from bot.chains.batcher import OrderBatcher
 from bot.chains.service import Chains
+from bot.commands.broadcast import router as broadcast_commands
 from bot.commands.chains import router as chain_commands
 from bot.commands.funnel import router as funnel_commands
 from bot.commands.router import CommandRouter, on_clerk_text
@@ -53,6 +59,7 @@ def command_router() -> CommandRouter:
     router = CommandRouter()
     router.include(funnel_commands)
     router.include(chain_commands)
+    router.include(broadcast_commands)
     return router
 
 
@@ -87,6 +94,9 @@ class Container:
     commands: CommandRouter | None = None
     chains: Chains | None = None
     order_batcher: OrderBatcher | None = None
+    calendar: ContentCalendar | None = None
+    sidebar_links: SidebarLinks | None = None
+    broadcaster: Broadcaster | None = None
 
     def __post_init__(self) -> None:
         self.recorder = EventRecorder(self.sessions, self.clock, on_stored=self.doorbell.ring)
@@ -97,13 +107,22 @@ class Container:
                              + self.settings.admin_token.get_secret_value().encode()).digest()
         self.chains = Chains(self.settings.public_base_url, key, self.clock)
         self.order_batcher = OrderBatcher(self.sessions, self.chains, on_notified=self.doorbell.ring)
+        st = self.settings
+        self.calendar = ContentCalendar(st.path(st.calendar_dir), slots=st.broadcast.slots,
+                                        store_codes=[x.code for x in st.stores])
+        self.sidebar_links = SidebarLinks(st.public_base_url, hashlib.sha256(b"sidebar:" + key).digest())
+        self.broadcaster = Broadcaster(self.sessions, self.clock, self.calendar, st.broadcast, self.chains,
+                                       self.sidebar_links.link)
+
+    def follow_up(self) -> FollowUp:
+        return FollowUp(self.sessions, self.client, self.clock, self.settings.broadcast)
 
     def migrate(self) -> None:
         upgrade(self.engine)
 
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
         deps = {"welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
-                "command_deps": {"tz": self.settings.tz, "chains": self.chains}}
+                "command_deps": {"tz": self.settings.tz, "chains": self.chains, "broadcaster": self.broadcaster}}
         return EventDispatcher(self.sessions, self.clock, HANDLERS, deps,
                                owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
 
@@ -151,7 +170,8 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, engine: Engine 
     w = settings.wecom
     client = WeComClient(w.corp_id, w.secret.get_secret_value(), agent_id=w.agent_id, api_base_url=w.api_base_url,
                          token_store=token_store or SqlTokenStore(sessions, clock), clock=clock,
-                         timeout=w.timeout_seconds, max_attempts=w.max_attempts, on_call=metrics.on_wecom_call)
+                         timeout=w.timeout_seconds, max_attempts=w.max_attempts, on_call=metrics.on_wecom_call,
+                         calls_per_minute=w.calls_per_minute)
     verifier = CallbackVerifier(token=w.token.get_secret_value(), encoding_aes_key=w.encoding_aes_key.get_secret_value(),
                                 corp_id=w.corp_id, clock=clock,
                                 max_skew_seconds=settings.callback.max_clock_skew_seconds,
@@ -159,8 +179,12 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, engine: Engine 
     content = WelcomeContent(Path(settings.path(settings.calendar_dir)))
     media = MediaLibrary(sessions, client, clock)
     c = Container(settings, clock, engine, sessions, client, verifier, content, media, metrics)
-    c.executors = {"send_welcome_msg": welcome_executor(sessions, media, content), "send": app_message_executor(),
-                   "groupchat_get": groupchat_get_executor(c.qr_health.on_joins)}
+    app_messages = app_message_executor()
+    c.executors = {"send_welcome_msg": welcome_executor(sessions, media, content), "send": app_messages,
+                   "groupchat_get": groupchat_get_executor(c.qr_health.on_joins),
+                   "add_msg_template": mass_executor(media, c.calendar),
+                   "slot_reminder": reminder_executor(app_messages.send),
+                   "remind_groupmsg_send": remind_executor(), "cancel_groupmsg_send": cancel_executor()}
     if migrate:
         c.migrate()
     return c

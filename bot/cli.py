@@ -141,6 +141,104 @@ def cmd_qr_check(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """Validate config and calendar (file:line: message, exit 1), then print the week's plan."""
+    from datetime import date, timedelta
+    from pathlib import Path
+
+    from bot.calendar.calendar import ContentCalendar
+    from bot.welcome.content import WelcomeContent
+
+    try:
+        settings = _settings(args)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    cal_dir = Path(settings.path(settings.calendar_dir))
+    if not (cal_dir / "default.yaml").exists():
+        print(f"{cal_dir / 'default.yaml'}:1: the calendar's default.yaml is missing", file=sys.stderr)
+        return 1
+    codes = [st.code for st in settings.stores]
+    calendar = ContentCalendar(cal_dir, slots=settings.broadcast.slots, store_codes=codes, log_problems=False)
+    problems = [str(p) for p in calendar.problems]
+    welcome = WelcomeContent(cal_dir)
+    if welcome.last_error:
+        problems.append(welcome.last_error)
+    if args.store and args.store not in codes:
+        problems.append(f"{settings.source}:1: --store {args.store}: no configured store has this code")
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{len(problems)} problem(s); the bot keeps the last good calendar until they are fixed", file=sys.stderr)
+        return 1
+    try:
+        start = date.fromisoformat(args.week) if args.week else None
+    except ValueError:
+        print(f"--week {args.week!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return 2
+    from bot.clock import SystemClock
+    start = start or SystemClock(settings.tz).now().date()
+    monday = start - timedelta(days=start.weekday())
+    store = next((st for st in settings.stores if st.code == args.store), None)
+    print(f"config and calendar OK: {settings.source}, {cal_dir} ({len(calendar.files())} files, "
+          f"slots {', '.join(settings.broadcast.slots)}, receive cap {settings.broadcast.receive_cap})")
+    who = f"store {store.code} {store.name}" if store else "chain-wide (no region or store overrides; --store CODE for one store)"
+    print(f"\nweek of {monday:%Y-%m-%d}, {who}; * = marked for the day's mass message\n")
+    print(calendar.week_grid(store.code if store else "", monday,
+                             {"code": store.code, "name": store.name, "benefit": store.benefit or ""} if store else None))
+    return 0
+
+
+def cmd_slot_fire(args) -> int:
+    from datetime import date
+
+    from bot.bootstrap import bootstrap
+    from bot.scheduler import run_slot
+
+    settings = _settings(args)
+    if args.slot not in settings.broadcast.slots:
+        print(f"slot {args.slot!r} is not one of broadcast.slots ({', '.join(settings.broadcast.slots)})",
+              file=sys.stderr)
+        return 2
+    try:
+        day = date.fromisoformat(args.date) if args.date else None
+    except ValueError:
+        print(f"--date {args.date!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return 2
+    c = bootstrap(settings, migrate=True)
+    try:
+        report = run_slot(c, args.slot, day)
+        print(report.summary())
+        if not args.no_send:
+            sent = drain_outbox(c, wait_seconds=settings.broadcast.reminder_spread_seconds + 15)
+            print(f"{sent} WeCom call(s) made (mass messages, owner reminders spread over the first minute)")
+    finally:
+        c.close()
+    return 0
+
+
+def drain_outbox(c, wait_seconds: float) -> int:
+    """Run the outbox here until nothing is due or waiting within `wait_seconds` (for one-shot commands)."""
+    from sqlalchemy import func, select
+
+    from bot.db.engine import reads_of
+    from bot.db.models import Outbox
+
+    worker = c.outbox_worker("cli")
+    deadline = c.clock.timestamp() + wait_seconds
+    total = 0
+    while True:
+        n = worker.run_once()
+        total += n
+        if n:
+            continue
+        with reads_of(c.sessions)() as s:
+            waiting = s.scalar(select(func.count()).select_from(Outbox).where(Outbox.status == "pending")) or 0
+        if not waiting or c.clock.timestamp() > deadline:
+            return total
+        c.clock.sleep(0.5)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wecom-bot", description="WeCom community-operations bot")
     p.add_argument("--config", default="config.yaml", help="config file (default ./config.yaml)")
@@ -172,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="the day's funnel per store, QR findings, welcomes")
     r.add_argument("--date", default=None, help="YYYY-MM-DD (default today, in the configured zone)")
     r.set_defaults(func=cmd_report)
+
+    ck = sub.add_parser("check", help="validate config and calendar; print the week's plan")
+    ck.add_argument("--store", default=None, help="plan for this store (its region and store overrides)")
+    ck.add_argument("--week", default=None, help="a day in the week to show (default this week)")
+    ck.set_defaults(func=cmd_check)
+
+    sl = sub.add_parser("slot", help="broadcast slots")
+    sls = sl.add_subparsers(dest="slot_command", required=True)
+    sf = sls.add_parser("fire", help="fire one slot now; idempotent per (date, slot, group)")
+    sf.add_argument("slot", metavar="HH:MM")
+    sf.add_argument("--date", default=None, help="YYYY-MM-DD (default today)")
+    sf.add_argument("--no-send", action="store_true", help="plan and queue only; serve's workers send")
+    sf.set_defaults(func=cmd_slot_fire)
 
     q = sub.add_parser("qr", help="QR health")
     qs = q.add_subparsers(dest="qr_command", required=True)

@@ -36,6 +36,7 @@ class WeComSettings(_Strict):
     api_base_url: str = "https://qyapi.weixin.qq.com/cgi-bin/"
     timeout_seconds: float = 5.0
     max_attempts: int = 4
+    calls_per_minute: int = 10_000   # per API, per corp (45009 past it): the client paces itself under it
 
     @field_validator("encoding_aes_key")
     @classmethod
@@ -53,6 +54,20 @@ class WeComSettings(_Strict):
 class BroadcastSettings(_Strict):
     slots: list[str] = ["10:00", "12:00", "16:00", "20:00"]
     receive_cap: Literal["daily_1", "weekly_7", "days_in_month"] = "daily_1"
+    misfire_grace_minutes: int = 10        # a slot the scheduler missed by more than this is not fired
+    remind_after_minutes: int = 60         # remind_groupmsg_send an owner who has not confirmed by then
+    reminder_spread_seconds: int = 50      # owner reminders go out over this many seconds after :00 + 5 s
+    follow_up_minutes: int = 5             # how often results are synced and reminders considered
+
+    @field_validator("slots")
+    @classmethod
+    def _hhmm(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", s):
+                raise ValueError(f"slot {s!r} is not HH:MM")
+        if len(set(v)) != len(v):
+            raise ValueError("a slot is listed twice")
+        return sorted(v)
 
 
 class QrHealthSettings(_Strict):

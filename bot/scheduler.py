@@ -6,10 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 
+from datetime import date
+
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select, text
 
 from bot.bootstrap import Container
+from bot.broadcast.dispatch import FireReport
 from bot.db.engine import reads_of
 from bot.db.models import Store
 from bot.funnel.qr_health import check_wecom_side
@@ -43,6 +47,32 @@ def close_due_chains(c: Container) -> int:
     return len(closed)
 
 
+def run_slot(c: Container, slot: str, day: date | None = None) -> FireReport:
+    """Fire one broadcast slot: learn the clerks' own mass sends first (they use up the cap), then plan
+    and dispatch. Safe to run twice or from two processes (see bot.broadcast.dispatch)."""
+    day = day or c.clock.now().date()
+    try:
+        c.follow_up().sync_personal_sends(c.clock.now())
+    except WeComError as e:
+        log.warning("slot %s: clerks' own mass sends not synced (%s); planning with what is known", slot, e)
+    report = c.broadcaster.fire(day, slot)
+    c.doorbell.ring()
+    return report
+
+
+def follow_up_broadcasts(c: Container) -> None:
+    r = c.follow_up().run()
+    if r.reminded or r.cancelled:
+        c.doorbell.ring()
+    log.info("broadcast follow-up: %s", r)
+
+
+def reload_calendar(c: Container) -> None:
+    """Pick up ops' edits; a broken edit is logged (file:line) and the last good calendar keeps running."""
+    c.calendar.reload_if_changed()
+    c.content.reload_if_changed()
+
+
 class Scheduler:
     def __init__(self, c: Container):
         self.c = c
@@ -58,6 +88,18 @@ class Scheduler:
                              next_run_time=self.c.clock.now())
         if not self.aps.get_job("qr_check"):
             self.aps.add_job(check_wecom_side, "interval", minutes=5, args=[self.c], id="qr_check")
+        b = self.c.settings.broadcast
+        for slot in b.slots:
+            job_id = f"slot:{slot}"
+            if not self.aps.get_job(job_id):
+                hh, mm = map(int, slot.split(":"))
+                self.aps.add_job(run_slot, CronTrigger(hour=hh, minute=mm, timezone=self.c.settings.tz),
+                                 args=[self.c, slot], id=job_id, misfire_grace_time=b.misfire_grace_minutes * 60)
+        if not self.aps.get_job("broadcast_follow_up"):
+            self.aps.add_job(follow_up_broadcasts, "interval", minutes=b.follow_up_minutes, args=[self.c],
+                             id="broadcast_follow_up")
+        if not self.aps.get_job("reload_calendar"):
+            self.aps.add_job(reload_calendar, "interval", seconds=10, args=[self.c], id="reload_calendar")
         if not self.aps.get_job("refresh_group_qr_media"):
             self.aps.add_job(refresh_group_qr_media, "interval", hours=6, args=[self.c], id="refresh_group_qr_media",
                              next_run_time=self.c.clock.now())

@@ -240,3 +240,82 @@ class ChainBuyer(SQLModel, table=True):
     chain_id: int = Field(primary_key=True)
     buyer_key: str = Field(primary_key=True, max_length=80)
     qty: int = 0
+
+
+class SlotDelivery(SQLModel, table=True):
+    """How one broadcast slot reaches one group on one day: planned once, sent at most once."""
+
+    __tablename__ = "slot_delivery"
+    __table_args__ = (UniqueConstraint("day", "slot", "chat_id"), Index("ix_slot_delivery_owner", "day", "owner"),
+                      Index("ix_slot_delivery_msgid", "msgid"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: str = Field(max_length=10)                       # YYYY-MM-DD in the configured zone
+    slot: str = Field(max_length=5)                       # HH:MM
+    chat_id: str = Field(max_length=64)
+    store_code: str = Field(max_length=30)
+    owner: str = Field(max_length=64)                     # the group's owner clerk: sender or reminded
+    mode: str = Field(max_length=16)                      # mass | reminder
+    kind: str | None = Field(default=None, max_length=16)  # the calendar entry's kind, at firing
+    # planned → (paused | skipped) or queued → awaiting (mass, owner to confirm) → sent | failed | cancelled;
+    # reminder: queued → reminded → sent (the clerk tapped send in the sidebar)
+    status: str = Field(default="planned", max_length=16)
+    reason: str | None = Field(default=None, max_length=120)
+    msgid: str | None = Field(default=None, max_length=64)   # the mass message's WeCom msgid
+    planned_at: datetime = _at(nullable=False)
+    fired_at: datetime | None = _at()
+    sent_at: datetime | None = _at()
+    opened_at: datetime | None = _at()                    # the clerk opened the sidebar for this group
+    tapped_at: datetime | None = _at()                    # … and tapped send
+
+
+class BroadcastTask(SQLModel, table=True):
+    """One add_msg_template: a slot's mass message for one owner clerk's groups."""
+
+    __tablename__ = "broadcast_task"
+    __table_args__ = (UniqueConstraint("day", "slot", "sender"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: str = Field(max_length=10)
+    slot: str = Field(max_length=5)
+    sender: str = Field(max_length=64)
+    msgid: str | None = Field(default=None, max_length=64, index=True)
+    status: str = Field(default="creating", max_length=16)  # creating | awaiting | sent | cancelled | failed
+    created_at: datetime = _at(nullable=False)
+    expires_at: datetime | None = _at()                   # cancel it if still unconfirmed then
+    reminds: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # remind times (ISO)
+    synced_at: datetime | None = _at()
+    finished_at: datetime | None = _at()
+
+
+class GroupReceipt(SQLModel, table=True):
+    """A mass message a group received (ours or a clerk's own): what the receive cap counts."""
+
+    __tablename__ = "group_receipt"
+    __table_args__ = (Index("ix_group_receipt_chat", "chat_id", "sent_at"),)
+
+    chat_id: str = Field(primary_key=True, max_length=64)
+    msgid: str = Field(primary_key=True, max_length=64)
+    sent_at: datetime = _at(nullable=False)
+    source: str = Field(max_length=16)                    # bot | personal
+
+
+class GroupMsgSeen(SQLModel, table=True):
+    """A clerk's own mass message found by get_groupmsg_list_v2, and whether its results are final."""
+
+    __tablename__ = "groupmsg_seen"
+
+    msgid: str = Field(primary_key=True, max_length=64)
+    creator: str = Field(max_length=64)
+    create_time: datetime = _at(nullable=False)
+    settled: bool = False
+
+
+class BroadcastPause(SQLModel, table=True):
+    """暂停: a clerk's groups skip the rest of the day's slots."""
+
+    __tablename__ = "broadcast_pause"
+
+    day: str = Field(primary_key=True, max_length=10)
+    clerk: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = _at(nullable=False)

@@ -93,6 +93,8 @@ class WeComBackend:
             self.app_messages: list[dict] = []
             self.welcomes: list[dict] = []
             self.templates: dict[str, dict] = {}
+            self.received: dict[str, list[int]] = defaultdict(list)   # target → send times (the cap counts these)
+            self.tickets: dict[str, tuple[str, float]] = {}
             self.calls: dict[str, int] = defaultdict(int)
             self.writes: list[tuple[str, float]] = []
             self.errors: dict[str, int] = defaultdict(int)
@@ -162,6 +164,12 @@ class WeComBackend:
                 "welcomes": self.welcomes,
                 "app_messages": self.app_messages,
                 "media": {k: {kk: vv for kk, vv in v.items() if kk != "data"} for k, v in self.media.items()},
+                "groupmsg": [{"msgid": t["msgid"], "creator": t["creator"], "create_type": t["create_type"],
+                              "status": t["status"], "cancelled": t["cancelled"], "reminds": len(t["reminds"]),
+                              "text": t["text"]["content"], "attachments": t["attachments"],
+                              "results": {k: v["status"] for k, v in t["results"].items()}}
+                             for t in self.templates.values()],
+                "tickets": {k: v[0] for k, v in self.tickets.items()},
                 "calls": dict(self.calls),
                 "errors": dict(self.errors),
                 "writes": len(self.writes),
@@ -477,11 +485,8 @@ class WeComBackend:
     def _received_in_period(self, target: str, now: float) -> int:
         day = datetime.fromtimestamp(now, self.clock.tz)
         count = 0
-        for t in self.templates.values():
-            r = t["results"].get(target)
-            if not r or r["status"] != 1:
-                continue
-            sent = datetime.fromtimestamp(r["send_time"], self.clock.tz)
+        for send_time in self.received.get(target, ()):
+            sent = datetime.fromtimestamp(send_time, self.clock.tz)
             if self.rules.receive_cap == "daily_1":
                 count += sent.date() == day.date()
             elif self.rules.receive_cap == "weekly_7":
@@ -506,6 +511,7 @@ class WeComBackend:
                 r.update(status=3)           # the group already got its allowance
             else:
                 r.update(status=1, send_time=int(now))
+                self.received[target].append(int(now))
         t["status"] = "sent"
         t["send_time"] = int(now)
 
@@ -515,6 +521,17 @@ class WeComBackend:
             if msgid not in self.templates:
                 raise SandboxError(40058, "unknown msgid")
             self._confirm(msgid)
+
+    def clerk_mass_send(self, sender: str, chat_ids: list[str], text: str) -> str:
+        """A clerk's own mass message from the WeCom client (create_type 1): sent at once, and counted
+        against the same receive cap as the corp's."""
+        with self.lock:
+            res = self.add_msg_template({"chat_type": "group", "sender": sender, "chat_id_list": chat_ids,
+                                         "text": {"content": text}})
+            t = self.templates[res["msgid"]]
+            t["create_type"] = 1
+            self._confirm(res["msgid"])
+            return res["msgid"]
 
     def get_groupmsg_list_v2(self, body: dict) -> dict:
         start, end = int(body.get("start_time", 0)), int(body.get("end_time", 0))
@@ -568,6 +585,23 @@ class WeComBackend:
     def cancel_groupmsg_send(self, body: dict) -> dict:
         self._template(body)["cancelled"] = True
         return {}
+
+    # -- JS-SDK tickets ---------------------------------------------------------------------
+    def _ticket(self, kind: str) -> dict:
+        now = self.now()
+        cur = self.tickets.get(kind)
+        if cur is None or cur[1] <= now:
+            cur = (secrets.token_urlsafe(32), now + self.rules.token_ttl)
+            self.tickets[kind] = cur
+        return {"ticket": cur[0], "expires_in": int(cur[1] - now)}
+
+    def get_jsapi_ticket(self, body: dict) -> dict:
+        return self._ticket("corp")
+
+    def ticket_get(self, body: dict) -> dict:
+        if body.get("type") != "agent_config":
+            raise SandboxError(40058, "type must be agent_config")
+        return self._ticket("agent_config")
 
     # -- what members and clerks do (the driver turns these into callbacks) ----------------
     def member_scans_contact_way(self, state_or_config: str, name: str | None = None,
@@ -697,5 +731,7 @@ ENDPOINTS = {
     "externalcontact/remind_groupmsg_send": _body_handler("remind_groupmsg_send"),
     "externalcontact/cancel_groupmsg_send": _body_handler("cancel_groupmsg_send"),
     "message/send": _body_handler("message_send"),
+    "get_jsapi_ticket": _body_handler("get_jsapi_ticket"),
+    "ticket/get": _body_handler("ticket_get"),
     "media/upload": _body_handler("media_upload"),
 }

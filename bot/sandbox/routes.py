@@ -68,6 +68,8 @@ def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
                     raise SandboxError(47001) from None
                 if not isinstance(body, dict):
                     raise SandboxError(47001)
+                # GET endpoints (ticket/get?type=…) take their arguments in the query
+                body = {**{k: v for k, v in request.query_params.items() if k != "access_token"}, **body}
             return wecom_json(backend.call(path, token, body))
         except SandboxError as e:
             if e.errcode == 404:
@@ -119,6 +121,25 @@ def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
         if config_id not in ways:
             return Response(status_code=404)
         return Response(qr_png(f"{kind}:{config_id}"), media_type="image/png")
+
+    @app.post("/_sandbox/groupmsg/confirm")
+    async def groupmsg_confirm(request: Request):
+        """The owner clerk taps 发送 on a mass message task: {msgid}."""
+        b = await request.json()
+        try:
+            backend.confirm_groupmsg(b["msgid"])
+        except SandboxError as e:
+            return JSONResponse(e.body(), status_code=400)
+        return {"ok": True}
+
+    @app.post("/_sandbox/groupmsg/personal")
+    async def groupmsg_personal(request: Request):
+        """A clerk's own mass message from the client: {sender, chat_ids, text}."""
+        b = await request.json()
+        try:
+            return {"msgid": backend.clerk_mass_send(b["sender"], list(b["chat_ids"]), b.get("text", "个人群发"))}
+        except SandboxError as e:
+            return JSONResponse(e.body(), status_code=400)
 
     @app.post("/_sandbox/members/add")
     async def members_add(request: Request):

@@ -21,6 +21,7 @@ from wechatpy.work import WeChatClient
 from bot.clock import Clock, SystemClock
 from bot.wecom import errcodes
 from bot.wecom.api import GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
+from bot.wecom.pacer import Pacer
 from bot.wecom.token_store import MemoryTokenStore, TokenStore
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class WeComClient(WeChatClient):
     def __init__(self, corp_id: str, secret: str, *, agent_id: int, api_base_url: str,
                  token_store: TokenStore | None = None, clock: Clock | None = None,
                  timeout: float = 5.0, max_attempts: int = 4, backoff_base: float = 0.25,
-                 backoff_cap: float = 4.0, on_call: CallHook | None = None):
+                 backoff_cap: float = 4.0, on_call: CallHook | None = None, calls_per_minute: int = 10_000):
         super().__init__(corp_id, secret, timeout=timeout, auto_retry=False)
         self.API_BASE_URL = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
         self.agent_id = agent_id
@@ -63,6 +64,7 @@ class WeComClient(WeChatClient):
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.on_call = on_call
+        self.pacer = Pacer(self.clock, calls_per_minute)
         # Connection pool sized for the worker threads that share this client.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._http.mount("http://", adapter)
@@ -114,6 +116,7 @@ class WeComClient(WeChatClient):
                 params = kwargs.setdefault("params", {})
                 if isinstance(params, dict):
                     token = params.setdefault("access_token", self.access_token)
+                self.pacer.acquire(endpoint)
                 result = super()._request(method, url_or_endpoint, **kwargs)
                 self._hook(endpoint, 0, started)
                 return result
@@ -166,6 +169,21 @@ class WeComClient(WeChatClient):
                 pass
             self.clock.sleep(self.backoff(attempt, errcodes.NETWORK_ERROR))
         raise WeComError(errcodes.RETRY_BUDGET_SPENT, f"could not fetch {url}", "fetch_url")
+
+    def agent_ticket(self) -> str:
+        """The app's jsapi ticket (ticket/get?type=agent_config) for wx.agentConfig; shared like the token
+        (the ticket is limited to 100 fetches an hour per app)."""
+        def fetch() -> tuple[str, int]:
+            res = self.jsapi.get_agent_ticket()
+            return res["ticket"], int(res.get("expires_in", 7200))
+        return self.tokens.get(f"{self.access_token_key}:agent_ticket", fetch)
+
+    def corp_ticket(self) -> str:
+        """The corp's jsapi ticket (get_jsapi_ticket) for wx.config."""
+        def fetch() -> tuple[str, int]:
+            res = self.jsapi.get_ticket()
+            return res["ticket"], int(res.get("expires_in", 7200))
+        return self.tokens.get(f"{self.access_token_key}:corp_ticket", fetch)
 
     def send_app_text(self, userids: list[str], content: str) -> dict:
         """message/send text to clerks; WeCom drops the excess over 30/min per member silently."""

@@ -1,0 +1,273 @@
+"""Firing a slot: plan the day (once per group), then hand each owner clerk one mass message for the
+groups it goes to as one and one reminder for the rest, through the outbox.
+
+Idempotent per (day, slot, group): a group's row moves planned → queued by one conditional UPDATE,
+so firing twice, a restart mid-slot or two schedulers send nothing twice; the outbox keys
+(`gm:` per day, slot and sender; `rm:` per day, slot and clerk) make the calls themselves once-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.broadcast import planner
+from bot.calendar.calendar import ContentCalendar, Entry
+from bot.chains.service import Chains, yuan
+from bot.clock import Clock
+from bot.config import BroadcastSettings
+from bot.db.engine import reads_of
+from bot.db.models import BroadcastPause, BroadcastTask, Chain, GroupChat, GroupReceipt, SlotDelivery, Store
+from bot.outbox import OutboxRepo
+
+log = logging.getLogger(__name__)
+
+CHUNK = 400          # owners per transaction when firing: short write locks, few round trips
+PENDING = ("queued", "awaiting")
+
+
+@dataclass
+class FireReport:
+    day: date
+    slot: str
+    groups: int = 0
+    mass: int = 0
+    reminders: int = 0
+    paused: int = 0
+    skipped: int = 0
+    downgraded: int = 0
+    already: int = 0
+    owners: set[str] = field(default_factory=set)
+
+    def summary(self) -> str:
+        return (f"{self.day} {self.slot}: {self.groups} groups fired — {self.mass} by mass message, {self.reminders} "
+                f"by owner reminder ({self.downgraded} moved to reminder: cap used), {self.paused} paused, "
+                f"{self.skipped} without content; {self.already} already fired before")
+
+
+def slot_time(day: date, slot: str, tz) -> datetime:
+    hh, mm = map(int, slot.split(":"))
+    return datetime.combine(day, time(hh, mm), tz)
+
+
+def spread_seconds(userid: str, spread: int) -> int:
+    """A clerk's fixed offset into the slot's first minute: never at :00, the same on every run."""
+    return 5 + int(hashlib.sha1(userid.encode()).hexdigest()[:8], 16) % max(1, spread)
+
+
+def _insert_ignore_many(s: Session, model, rows: list[dict]) -> None:
+    if not rows:
+        return
+    dialect = s.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
+    s.execute(ins.on_conflict_do_nothing(), rows)
+
+
+class Broadcaster:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, calendar: ContentCalendar,
+                 settings: BroadcastSettings, chains: Chains, sidebar_link):
+        self.sessions = sessions
+        self.reads = reads_of(sessions)
+        self.clock = clock
+        self.calendar = calendar
+        self.settings = settings
+        self.chains = chains
+        self.sidebar_link = sidebar_link   # (day, slot, clerk) -> URL of the signed sidebar page
+
+    @property
+    def tz(self):
+        return self.clock.tz
+
+    # -- how much of the cap is used --------------------------------------------------------
+    def used_in_period(self, s: Session, day: date, chat_ids: list[str] | None = None) -> dict[str, int]:
+        """Per group: mass messages received in the cap's period up to now, plus ours still waiting
+        for the owner (they count as soon as the owner confirms)."""
+        start, end = planner.period(self.settings.receive_cap, day)
+        lo = datetime.combine(start, time(0), self.tz)
+        hi = datetime.combine(end + timedelta(days=1), time(0), self.tz)
+        used: dict[str, int] = defaultdict(int)
+        q = select(GroupReceipt.chat_id, func.count()).where(GroupReceipt.sent_at >= lo, GroupReceipt.sent_at < hi)
+        if chat_ids is not None:
+            q = q.where(GroupReceipt.chat_id.in_(chat_ids))
+        for chat_id, n in s.execute(q.group_by(GroupReceipt.chat_id)):
+            used[chat_id] += n
+        q = select(SlotDelivery.chat_id, func.count()).where(
+            SlotDelivery.day >= start.isoformat(), SlotDelivery.day <= end.isoformat(),
+            SlotDelivery.mode == "mass", SlotDelivery.status.in_(PENDING))
+        if chat_ids is not None:
+            q = q.where(SlotDelivery.chat_id.in_(chat_ids))
+        for chat_id, n in s.execute(q.group_by(SlotDelivery.chat_id)):
+            used[chat_id] += n
+        return used
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan_day(self, day: date, from_slot: str) -> int:
+        """Plan `day` for every group not planned yet (from `from_slot` on): rows in slot_delivery."""
+        self.calendar.reload_if_changed()
+        now = self.clock.now()
+        with self.reads() as r:
+            groups = r.execute(select(GroupChat.chat_id, GroupChat.store_code, GroupChat.owner)
+                               .join(Store, Store.code == GroupChat.store_code)).all()
+            planned = set(r.scalars(select(SlotDelivery.chat_id).where(SlotDelivery.day == day.isoformat())
+                                    .distinct()))
+            todo = [g for g in groups if g.chat_id not in planned]
+            if not todo:
+                return 0
+            used = self.used_in_period(r, day)
+        rows, plans = [], {}
+        for g in todo:
+            if g.store_code not in plans:
+                entries = {s: e for s, e in self.calendar.day(g.store_code, day).items() if s >= from_slot}
+                plans[g.store_code] = entries
+            entries = plans[g.store_code]
+            allowed = planner.allowance(self.settings.receive_cap, day, used.get(g.chat_id, 0))
+            mass = planner.mass_slots(entries.values(), allowed)
+            for slot, e in entries.items():
+                rows.append(dict(day=day.isoformat(), slot=slot, chat_id=g.chat_id, store_code=g.store_code,
+                                 owner=g.owner, mode="mass" if slot in mass else "reminder", kind=e.kind,
+                                 status="planned", planned_at=now))
+        for i in range(0, len(rows), 5000):
+            with self.sessions.begin() as s:
+                _insert_ignore_many(s, SlotDelivery, rows[i:i + 5000])
+        log.info("planned %s for %d groups (%d rows)", day, len(todo), len(rows))
+        return len(rows)
+
+    # -- firing --------------------------------------------------------------------------------
+    def fire(self, day: date, slot: str) -> FireReport:
+        report = FireReport(day, slot)
+        self.plan_day(day, slot)
+        with self.reads() as r:
+            owners = list(r.scalars(select(SlotDelivery.owner).where(
+                SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot).distinct()))
+            report.already = r.scalar(select(func.count()).select_from(SlotDelivery).where(
+                SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot,
+                SlotDelivery.status != "planned")) or 0
+        for i in range(0, len(owners), CHUNK):
+            with self.sessions.begin() as s:
+                self._fire_owners(s, day, slot, owners[i:i + CHUNK], report)
+        log.info("slot %s", report.summary())
+        return report
+
+    def _fire_owners(self, s: Session, day: date, slot: str, owners: list[str], report: FireReport) -> None:
+        now = self.clock.now()
+        d = day.isoformat()
+        paused = set(s.scalars(select(BroadcastPause.clerk).where(BroadcastPause.day == d,
+                                                                   BroadcastPause.clerk.in_(owners))))
+        if paused:
+            res = s.execute(update(SlotDelivery).where(
+                SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.status == "planned",
+                SlotDelivery.owner.in_(paused)).values(status="paused", reason="店员暂停了今天的推送", fired_at=now)
+                .returning(SlotDelivery.id))
+            report.paused += len(res.all())
+        live = [o for o in owners if o not in paused]
+        if not live:
+            return
+        # The claim: only rows still planned move, so a second firer finds nothing to do.
+        claimed = s.execute(update(SlotDelivery).where(
+            SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.status == "planned",
+            SlotDelivery.owner.in_(live)).values(status="queued", fired_at=now)
+            .returning(SlotDelivery.id, SlotDelivery.chat_id, SlotDelivery.owner, SlotDelivery.store_code,
+                       SlotDelivery.mode)).all()
+        if not claimed:
+            return
+        stores = {st.code: st for st in s.scalars(select(Store).where(
+            Store.code.in_({c.store_code for c in claimed})))}
+        mass_chats = [c.chat_id for c in claimed if c.mode == "mass"]
+        used = self.used_in_period(s, day, mass_chats) if mass_chats else {}
+        limit = planner.cap(self.settings.receive_cap, day)
+        by_owner: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: {"mass": [], "reminder": []})
+        downgrade, skipped = [], []
+        for c in claimed:
+            entry = self.calendar.day(c.store_code, day).get(slot)
+            if entry is None or c.store_code not in stores:
+                skipped.append(c.id)
+                continue
+            mode = c.mode
+            # `used` counts this row too (queued); over the cap means someone else's mass send came first.
+            if mode == "mass" and used.get(c.chat_id, 0) > limit:
+                mode = "reminder"
+                downgrade.append(c.id)
+            by_owner[(c.owner, c.store_code)][mode].append(c.chat_id)
+        if skipped:
+            s.execute(update(SlotDelivery).where(SlotDelivery.id.in_(skipped))
+                      .values(status="skipped", reason="日历里这个时段没有内容"))
+            report.skipped += len(skipped)
+        if downgrade:
+            s.execute(update(SlotDelivery).where(SlotDelivery.id.in_(downgrade))
+                      .values(mode="reminder", reason="本期群发额度已被其他群发用掉，改为提醒群主"))
+            report.downgraded += len(downgrade)
+        outbox = OutboxRepo(s, self.clock)
+        open_chains = self._open_chains(s, {k[1] for k in by_owner}, now)
+        at = slot_time(day, slot, self.tz)
+        for (owner, code), modes in by_owner.items():
+            store = stores[code]
+            entry = self.calendar.day(code, day)[slot]
+            ctx = self.calendar.context(store={"code": code, "name": store.name, "benefit": store.benefit or ""},
+                                        clerk=owner, day=day, slot=slot, chains=open_chains.get(code, []))
+            report.owners.add(owner)
+            if modes["mass"]:
+                rendered = self.calendar.render(entry, ctx)
+                expires = slot_time(day, entry.expires, self.tz) if entry.expires else None
+                _insert_ignore_many(s, BroadcastTask, [dict(day=d, slot=slot, sender=owner, status="creating",
+                                                            created_at=now, expires_at=expires, reminds=[])])
+                fallback = self._reminder_payload(owner, day, slot, entry, ctx,
+                                                  len(modes["mass"]) + len(modes["reminder"]))
+                outbox.add("add_msg_template", f"gm:{d}:{slot}:{owner}",
+                           {"day": d, "slot": slot, "sender": owner, "chat_ids": modes["mass"],
+                            "text": rendered.text, "attachments": list(rendered.attachments), "fallback": fallback},
+                           deadline=expires or datetime.combine(day + timedelta(days=1), time(0), self.tz))
+                report.mass += len(modes["mass"])
+            if modes["reminder"]:
+                outbox.add("slot_reminder", f"rm:{d}:{slot}:{owner}",
+                           self._reminder_payload(owner, day, slot, entry, ctx, len(modes["reminder"])),
+                           not_before=max(now, at + timedelta(seconds=spread_seconds(
+                               owner, self.settings.reminder_spread_seconds))))
+                report.reminders += len(modes["reminder"])
+            report.groups += len(modes["mass"]) + len(modes["reminder"])
+
+    def _open_chains(self, s: Session, codes: set[str], now: datetime) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = defaultdict(list)
+        if not codes:
+            return out
+        for ch in s.scalars(select(Chain).where(Chain.store_code.in_(codes), Chain.status == "open",
+                                                Chain.opens_at <= now, Chain.deadline > now).order_by(Chain.deadline)):
+            out[ch.store_code].append(chain_view(self.chains, ch, self.tz))
+        return out
+
+    def _reminder_payload(self, owner: str, day: date, slot: str, entry: Entry, ctx: dict, groups: int) -> dict:
+        first = self.calendar.render(entry, ctx).text.splitlines()
+        preview = (first[0] if first else "")[:60]
+        return {"touser": [owner], "msgtype": "textcard", "day": day.isoformat(), "slot": slot,
+                "content": {"title": f"{slot} 群发提醒：{entry.kind_zh}",
+                            "description": (f"<div class=\"gray\">{day:%m月%d日} {slot}</div>"
+                                            f"<div class=\"normal\">{preview}</div>"
+                                            f"<div class=\"highlight\">{groups} 个群待发送：点开后在群聊工具栏一键发送</div>"),
+                            "url": self.sidebar_link(day, slot, owner), "btntxt": "去发送"}}
+
+    # -- clerk controls ----------------------------------------------------------------------
+    def pause(self, s: Session, clerk: str, day: date) -> int:
+        """Skip the clerk's groups for the rest of the day; the number of deliveries it holds back."""
+        now = self.clock.now()
+        _insert_ignore_many(s, BroadcastPause, [dict(day=day.isoformat(), clerk=clerk, created_at=now)])
+        return s.scalar(select(func.count()).select_from(SlotDelivery).where(
+            SlotDelivery.day == day.isoformat(), SlotDelivery.owner == clerk, SlotDelivery.status == "planned")) or 0
+
+    def resume(self, s: Session, clerk: str, day: date) -> bool:
+        res = s.execute(delete(BroadcastPause).where(BroadcastPause.day == day.isoformat(),
+                                                     BroadcastPause.clerk == clerk).returning(BroadcastPause.clerk))
+        return bool(res.all())
+
+
+def chain_view(chains: Chains, ch: Chain, tz, chat_id: str | None = None) -> dict:
+    """What calendar templates see of an open chain."""
+    return {"id": ch.id, "title": ch.title, "price": yuan(ch.price_cents), "stock_left": ch.stock_left,
+            "stock_total": ch.stock_total, "deadline": f"{ch.deadline.astimezone(tz):%m-%d %H:%M}",
+            "link": chains.link(ch, chat_id)}

@@ -1,0 +1,163 @@
+"""The sidebar page (`/sidebar/…`): opened from a clerk's slot reminder or from the chat toolbar of a
+customer group; shows this slot's content for each of the clerk's groups, ready to send with one tap
+(JS-SDK sendChatMessage after wx.config and wx.agentConfig, signed with the jsapi tickets). Links are
+signed per (day, slot, clerk): a clerk sees their own groups only."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import date
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import select, update
+from starlette.concurrency import run_in_threadpool
+from wechatpy.utils import WeChatSigner
+
+from bot.broadcast.delivery import attachment_body
+from bot.broadcast.dispatch import chain_view
+from bot.db.engine import reads_of
+from bot.db.models import Chain, GroupChat, SlotDelivery, Store
+from bot.wecom.client import WeComError
+
+env = jinja2.Environment(loader=jinja2.PackageLoader("bot", "templates"), autoescape=True)
+
+
+def jsapi_signature(ticket: str, noncestr: str, timestamp: int, url: str) -> str:
+    """sha1 over jsapi_ticket, noncestr, timestamp and url (the page URL without #), WeCom's JS-SDK rule."""
+    signer = WeChatSigner(delimiter=b"&")
+    signer.add_data(f"jsapi_ticket={ticket}", f"noncestr={noncestr}", f"timestamp={timestamp}", f"url={url}")
+    return signer.signature
+
+
+class SidebarLinks:
+    def __init__(self, public_base_url: str, key: bytes):
+        self.base = public_base_url.rstrip("/")
+        self.key = key
+
+    def sig(self, day: str, hhmm: str, clerk: str) -> str:
+        return hmac.new(self.key, f"{day}|{hhmm}|{clerk}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def path(self, day: date | str, slot: str, clerk: str) -> str:
+        d = day if isinstance(day, str) else day.isoformat()
+        hhmm = slot.replace(":", "")
+        return f"/sidebar/{d}/{hhmm}/{clerk}?sig={self.sig(d, hhmm, clerk)}"
+
+    def link(self, day: date | str, slot: str, clerk: str) -> str:
+        return self.base + self.path(day, slot, clerk)
+
+    def valid(self, day: str, hhmm: str, clerk: str, sig: str) -> bool:
+        return hmac.compare_digest(self.sig(day, hhmm, clerk), sig or "")
+
+
+def sidebar_router(c) -> APIRouter:
+    r = APIRouter()
+    reads = reads_of(c.sessions)
+    links: SidebarLinks = c.sidebar_links
+    tz = c.settings.tz
+
+    def forbidden() -> Response:
+        return HTMLResponse("<!doctype html><meta charset=utf-8><p>链接无效或已过期，请从最新的提醒消息打开。</p>",
+                            status_code=403)
+
+    def groups_for(day: str, slot: str, clerk: str) -> list[tuple[SlotDelivery, GroupChat | None]]:
+        with reads() as s:
+            rows = list(s.scalars(select(SlotDelivery).where(
+                SlotDelivery.day == day, SlotDelivery.slot == slot, SlotDelivery.owner == clerk,
+                SlotDelivery.mode == "reminder", SlotDelivery.status.in_(("queued", "reminded", "sent")))
+                .order_by(SlotDelivery.chat_id)))
+            names = {g.chat_id: g for g in s.scalars(select(GroupChat).where(
+                GroupChat.chat_id.in_([x.chat_id for x in rows])))}
+        return [(x, names.get(x.chat_id)) for x in rows]
+
+    def build(day: str, slot: str, clerk: str, url: str, wecom: bool) -> dict:
+        d = date.fromisoformat(day)
+        rows = groups_for(day, slot, clerk)
+        c.calendar.reload_if_changed()
+        cards = []
+        with reads() as s:
+            stores = {x.store_code for x, _ in rows}
+            store_rows = {st.code: st for st in s.scalars(select(Store).where(Store.code.in_(stores)))}
+            now = c.clock.now()
+            chains = list(s.scalars(select(Chain).where(Chain.store_code.in_(stores), Chain.status == "open",
+                                                        Chain.opens_at <= now, Chain.deadline > now)))
+        for x, g in rows:
+            entry = c.calendar.day(x.store_code, d).get(slot)
+            st = store_rows.get(x.store_code)
+            if entry is None or st is None:
+                continue
+            ctx = c.calendar.context(
+                store={"code": st.code, "name": st.name, "benefit": st.benefit or ""}, clerk=clerk, day=d, slot=slot,
+                chains=[chain_view(c.chains, ch, tz, x.chat_id) for ch in chains if ch.store_code == st.code],
+                group={"chat_id": x.chat_id, "name": g.name if g else x.chat_id})
+            rendered = c.calendar.render(entry, ctx)
+            attachments = []
+            for a in rendered.attachments:
+                try:
+                    attachments.append(attachment_body(a, c.media, c.calendar))
+                except (WeComError, OSError):
+                    attachments.append({"msgtype": "unavailable"})
+            cards.append({"chat_id": x.chat_id, "name": g.name if g else x.chat_id, "kind": entry.kind_zh,
+                          "text": rendered.text, "attachments": attachments, "sent": x.status == "sent",
+                          "tapped_at": x.tapped_at.astimezone(tz).strftime("%H:%M") if x.tapped_at else ""})
+        js = None
+        try:
+            ts, nonce = int(c.clock.timestamp()), secrets.token_hex(8)
+            js = {"corpid": c.settings.wecom.corp_id, "agentid": c.settings.wecom.agent_id, "timestamp": ts,
+                  "nonceStr": nonce, "signature": jsapi_signature(c.client.corp_ticket(), nonce, ts, url),
+                  "agentSignature": jsapi_signature(c.client.agent_ticket(), nonce, ts, url)}
+        except WeComError:
+            js = None  # the page still works: copy the text by hand
+        return {"day": d, "slot": slot, "clerk": clerk, "cards": cards, "js": js, "wecom": wecom}
+
+    @r.get("/sidebar/{day}/{hhmm}/{clerk}")
+    async def page(day: str, hhmm: str, clerk: str, request: Request, sig: str = "", done: str = ""):
+        if not links.valid(day, hhmm, clerk, sig) or len(hhmm) != 4:
+            return forbidden()
+        slot = f"{hhmm[:2]}:{hhmm[2:]}"
+        url = c.settings.public_base_url.rstrip("/") + request.url.path + (
+            f"?{request.url.query}" if request.url.query else "")
+        wecom = "wxwork" in request.headers.get("user-agent", "").lower()
+        data = await run_in_threadpool(build, day, slot, clerk, url, wecom)
+        await run_in_threadpool(mark_opened, day, slot, clerk)
+        html = env.get_template("sidebar.html").render(
+            **data, sent_url=links.path(day, slot, clerk).replace("?", "/sent?"), done=done)
+        return HTMLResponse(html)
+
+    def mark_opened(day: str, slot: str, clerk: str) -> None:
+        with c.sessions.begin() as s:
+            s.execute(update(SlotDelivery).where(
+                SlotDelivery.day == day, SlotDelivery.slot == slot, SlotDelivery.owner == clerk,
+                SlotDelivery.mode == "reminder", SlotDelivery.opened_at.is_(None)).values(opened_at=c.clock.now()))
+
+    def mark_sent(day: str, slot: str, clerk: str, chat_id: str) -> bool:
+        now = c.clock.now()
+        with c.sessions.begin() as s:
+            res = s.execute(update(SlotDelivery).where(
+                SlotDelivery.day == day, SlotDelivery.slot == slot, SlotDelivery.owner == clerk,
+                SlotDelivery.chat_id == chat_id, SlotDelivery.mode == "reminder",
+                SlotDelivery.status.in_(("queued", "reminded", "sent")))
+                .values(status="sent", tapped_at=now, sent_at=now).returning(SlotDelivery.id))
+            return bool(res.all())
+
+    @r.post("/sidebar/{day}/{hhmm}/{clerk}/sent")
+    async def sent(day: str, hhmm: str, clerk: str, request: Request, sig: str = ""):
+        """The clerk sent a group's content (sendChatMessage answered ok, or tapped 已发送 by hand)."""
+        if not links.valid(day, hhmm, clerk, sig):
+            return forbidden()
+        slot = f"{hhmm[:2]}:{hhmm[2:]}"
+        is_json = request.headers.get("content-type", "").startswith("application/json")
+        try:
+            body = await request.json() if is_json else dict(await request.form())
+        except ValueError:
+            return JSONResponse({"error": "请求格式不对"}, status_code=400)
+        chat_id = str(body.get("chat_id") or "")
+        ok = await run_in_threadpool(mark_sent, day, slot, clerk, chat_id)
+        if is_json:
+            return JSONResponse({"ok": ok} if ok else {"error": "这个群不在本时段的提醒里"}, status_code=200 if ok else 404)
+        return RedirectResponse(links.path(day, slot, clerk) + "&done=" + chat_id, status_code=303)
+
+    return r
