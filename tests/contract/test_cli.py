@@ -40,7 +40,7 @@ stores:
 
 def test_db_upgrade(tmp_path, db_url, capsys):
     assert main(["--config", str(config_for(tmp_path, db_url)), "db", "upgrade"]) == 0
-    assert "database at revision 0003" in capsys.readouterr().out
+    assert "database at revision 0004" in capsys.readouterr().out
 
 
 def test_sync_through_the_cli_against_the_sandbox(tmp_path, db_url, capsys):

@@ -15,7 +15,12 @@ def test_jobs_are_added_only_when_missing(harness):
     s = Scheduler(harness.c)
     s._add_jobs()
     s._add_jobs()
-    assert sorted(j.id for j in s.aps.get_jobs()) == ["close_due_chains", "qr_check", "refresh_group_qr_media"]
+    assert sorted(j.id for j in s.aps.get_jobs()) == [
+        "broadcast_follow_up", "close_due_chains", "qr_check", "refresh_group_qr_media", "reload_calendar",
+        "slot:10:00", "slot:12:00", "slot:16:00", "slot:20:00"]
+    slot = s.aps.get_job("slot:12:00")
+    assert str(slot.trigger.timezone) == "Asia/Shanghai" and slot.misfire_grace_time == 600
+    assert [str(f) for f in slot.trigger.fields if f.name in ("hour", "minute")] == ["12", "0"]
     defaults = s.aps._job_defaults
     assert defaults["coalesce"] and defaults["misfire_grace_time"] == 300
     assert str(s.aps.timezone) == "Asia/Shanghai"

@@ -1,0 +1,280 @@
+"""Slots against the sandbox, which enforces owner confirmation and the receive cap (DESIGN §2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from datetime import date, datetime
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from bot.bootstrap import bootstrap
+from bot.clock import SHANGHAI
+from bot.db.models import BroadcastTask, GroupReceipt, Outbox, SlotDelivery
+from bot.scheduler import follow_up_broadcasts, run_slot
+
+MONDAY = date(2026, 11, 23)
+
+
+def at(h, hh: int, mm: int = 0, day: date = MONDAY) -> None:
+    """Move the shared fake clock forward to hh:mm."""
+    target = datetime(day.year, day.month, day.day, hh, mm, tzinfo=SHANGHAI).timestamp()
+    h.clock.advance(max(0.0, target - h.clock.timestamp()))
+
+
+def fire(h, slot: str, day: date = MONDAY):
+    report = run_slot(h.c, slot, day)
+    h.clock.advance(60)          # owner reminders go out over the slot's first minute
+    h.pump()
+    return report
+
+
+def deliveries(h, slot: str | None = None, day: date = MONDAY) -> list[SlotDelivery]:
+    with h.c.sessions() as s:
+        q = select(SlotDelivery).where(SlotDelivery.day == day.isoformat())
+        if slot:
+            q = q.where(SlotDelivery.slot == slot)
+        return list(s.scalars(q.order_by(SlotDelivery.slot, SlotDelivery.chat_id)))
+
+
+def templates(h, creator: str | None = None) -> list[dict]:
+    return [t for t in h.backend.templates.values() if creator is None or t["creator"] == creator]
+
+
+def reminders_to(h, userid: str) -> list[dict]:
+    return [m for m in h.backend.app_messages if m["touser"] == userid and m["msgtype"] == "textcard"]
+
+
+def test_a_day_of_slots_mass_once_per_group_the_rest_by_reminder(synced):
+    h = synced
+    at(h, 10)
+    report = fire(h, "10:00")
+    assert report.groups == 6
+    # Monday: SZ002's best slot is 10:00 (benefit); SZ001 overrides 12:00 with a flash sale, which wins.
+    sz2 = [t for t in templates(h) if t["creator"] in ("lisi", "wangwu")]
+    assert sorted(t["creator"] for t in sz2) == ["lisi", "wangwu"]
+    assert all(sorted(t["targets"]) == sorted(c for c in h.groups["SZ002"] if h.backend.groups[c].owner == t["creator"])
+               for t in sz2)
+    assert "深圳海岸城店今日福利：海岸城店：入群领10元券" in sz2[0]["text"]["content"]
+    assert not templates(h, "zhangsan")
+    [card] = reminders_to(h, "zhangsan")
+    assert card["textcard"]["title"] == "10:00 群发提醒：福利" and "/sidebar/2026-11-23/1000/zhangsan" in card["textcard"]["url"]
+    with h.c.sessions() as s:
+        row = s.scalar(select(Outbox).where(Outbox.key == "rm:2026-11-23:10:00:zhangsan"))
+    assert 5 <= (row.next_attempt_at - datetime(2026, 11, 23, 10, tzinfo=SHANGHAI)).total_seconds() < 60  # not :00
+
+    # Each group is planned once for the whole day: exactly one mass slot, the rest reminders.
+    rows = deliveries(h)
+    for chat in h.groups["SZ001"] + h.groups["SZ002"]:
+        modes = [r.mode for r in rows if r.chat_id == chat]
+        assert len(modes) == 4 and modes.count("mass") == 1
+
+    for t in sz2:
+        h.backend.confirm_groupmsg(t["msgid"])                        # the owners tap 发送
+    follow_up_broadcasts(h.c)
+    sent = [r for r in deliveries(h, "10:00") if r.store_code == "SZ002"]
+    assert {r.status for r in sent} == {"sent"} and all(r.sent_at for r in sent)
+    with h.c.sessions() as s:
+        assert s.scalar(select(GroupReceipt).where(GroupReceipt.chat_id == sent[0].chat_id)).source == "bot"
+
+    at(h, 12)
+    fire(h, "12:00")
+    [flash] = templates(h, "zhangsan")
+    assert "科技园店工作日午间果切秒杀" in flash["text"]["content"]
+    assert len(templates(h)) == 3                                    # SZ002 got its one today: reminders now
+    assert {len(reminders_to(h, u)) for u in ("lisi", "wangwu")} == {1}
+    for slot in ("16:00", "20:00"):
+        at(h, int(slot[:2]))
+        fire(h, slot)
+    assert len(templates(h)) == 3
+    assert len(reminders_to(h, "zhangsan")) == 3 and len(reminders_to(h, "lisi")) == 3
+    # Nothing planned would be dropped by WeCom for the cap (status 3).
+    h.backend.confirm_groupmsg(flash["msgid"])
+    assert all(r["status"] != 3 for t in templates(h) for r in t["results"].values())
+
+
+def test_firing_twice_or_after_a_restart_sends_nothing_twice(synced):
+    h = synced
+    at(h, 10)
+    run_slot(h.c, "10:00", MONDAY)
+    h.restart_bot()                                                  # crash mid-slot: rows queued, nothing sent
+    again = run_slot(h.c, "10:00", MONDAY)
+    assert again.groups == 0 and again.already == 6
+    h.clock.advance(60)
+    h.pump()
+    run_slot(h.c, "10:00", MONDAY)
+    h.clock.advance(60)
+    h.pump()
+    assert h.backend.calls["externalcontact/add_msg_template"] == 2   # lisi and wangwu, once each
+    assert len(reminders_to(h, "zhangsan")) == 1
+
+
+def test_two_schedulers_firing_at_once_send_once(synced):
+    h = synced
+    at(h, 10)
+    other = bootstrap(h.cfg, clock=h.clock, migrate=False)
+    try:
+        reports = []
+        threads = [threading.Thread(target=lambda c=c: reports.append(run_slot(c, "10:00", MONDAY)))
+                   for c in (h.c, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(r.groups for r in reports) == 6
+        h.clock.advance(60)
+        h.pump()
+        other_worker = other.outbox_worker("other")
+        while other_worker.run_once():
+            pass
+    finally:
+        other.close()
+    assert h.backend.calls["externalcontact/add_msg_template"] == 2
+    assert len(reminders_to(h, "zhangsan")) == 1
+    assert {r.status for r in deliveries(h, "10:00")} == {"awaiting", "reminded"}
+
+
+def test_a_template_created_before_a_crash_is_adopted_not_created_again(synced):
+    h = synced
+    at(h, 10)
+    run_slot(h.c, "10:00", MONDAY)
+    worker = h.c.outbox_worker("dies")
+    worker._settle = lambda row, ex, outcome: None                  # WeCom answered; the process died
+    while worker.run_once():
+        pass
+    assert h.backend.calls["externalcontact/add_msg_template"] == 2
+    h.clock.advance(31)                                              # the lease runs out
+    h.pump()
+    assert h.backend.calls["externalcontact/add_msg_template"] == 2
+    with h.c.sessions() as s:
+        tasks = list(s.scalars(select(BroadcastTask)))
+    assert {t.status for t in tasks} == {"awaiting"} and {t.msgid for t in tasks} == {t["msgid"] for t in templates(h)}
+
+
+def test_a_clerks_own_mass_send_moves_the_slot_to_a_reminder(synced):
+    h = synced
+    at(h, 10)
+    fire(h, "10:00")                                                 # plans SZ001's mass message at 12:00
+    mine = h.groups["SZ001"][0]
+    at(h, 11)
+    h.backend.clerk_mass_send("zhangsan", [mine], "店长自己发的群发")
+    at(h, 12)
+    report = fire(h, "12:00")
+    assert report.downgraded == 1
+    [flash] = templates(h, "zhangsan")[-1:]
+    assert flash["create_type"] == 0 and mine not in flash["targets"]
+    row = next(r for r in deliveries(h, "12:00") if r.chat_id == mine)
+    assert row.mode == "reminder" and "额度" in row.reason
+    h.backend.confirm_groupmsg(flash["msgid"])
+    assert all(r["status"] == 1 for r in flash["results"].values())
+
+
+@pytest.mark.parametrize("rule", ["weekly_7"])
+def test_the_sandbox_cap_and_our_plan_agree_on_a_weekly_rule(synced, rule):
+    """7 a week: a group that got 7 this week (the clerk's own) is planned with no mass message."""
+    h = synced
+    h.backend.rules.update(receive_cap=rule)
+    h.c.settings.broadcast.receive_cap = rule
+    chat = h.groups["SZ002"][0]
+    owner = h.backend.groups[chat].owner
+    at(h, 9)
+    for _ in range(7):
+        h.backend.clerk_mass_send(owner, [chat], "周一连发")
+    at(h, 10)
+    fire(h, "10:00")
+    assert all(r.mode == "reminder" for r in deliveries(h) if r.chat_id == chat)
+    others = [r for r in deliveries(h) if r.chat_id != chat and r.store_code == "SZ002"]
+    assert sum(r.mode == "mass" for r in others) == len({r.chat_id for r in others})
+
+
+def test_unconfirmed_mass_messages_are_reminded_at_most_3_times_then_cancelled_when_expired(synced):
+    h = synced
+    at(h, 10)
+    fire(h, "10:00")
+    at(h, 12)
+    fire(h, "12:00")                                                 # SZ001's flash sale, expires 13:30
+    [flash] = templates(h, "zhangsan")
+    at(h, 12, 30)
+    follow_up_broadcasts(h.c)
+    h.pump()
+    assert flash["reminds"] == []                                    # not yet an hour
+    at(h, 13, 1)
+    follow_up_broadcasts(h.c)
+    h.pump()
+    assert len(flash["reminds"]) == 1
+    at(h, 13, 31)
+    follow_up_broadcasts(h.c)
+    h.pump()
+    assert flash["cancelled"]
+    assert {r.status for r in deliveries(h, "12:00") if r.owner == "zhangsan"} == {"cancelled"}
+    # SZ002's 10:00 messages never expire: reminded hourly, 3 times in 24 h, never a fourth.
+    for hour in range(14, 24):
+        at(h, hour, 5)
+        follow_up_broadcasts(h.c)
+        h.pump()
+    assert [len(t["reminds"]) for t in templates(h) if t["creator"] != "zhangsan"] == [3, 3]
+    assert not any(k.endswith(":45009") for k in h.backend.errors)
+
+
+def _signature(ticket: str, nonce: str, ts: int, url: str) -> str:
+    raw = f"jsapi_ticket={ticket}&noncestr={nonce}&timestamp={ts}&url={url}"
+    return hashlib.sha1(raw.encode()).hexdigest()
+
+
+def test_sidebar_shows_the_slot_per_group_signs_the_js_sdk_and_records_the_tap(synced):
+    h = synced
+    at(h, 10)
+    fire(h, "10:00")
+    url = reminders_to(h, "zhangsan")[0]["textcard"]["url"]
+    ua = {"user-agent": "Mozilla/5.0 (iPhone) wxwork/4.1.22 MicroMessenger/7.0.1"}
+    page = httpx.get(url, headers=ua)
+    assert page.status_code == 200
+    for chat in h.groups["SZ001"]:
+        assert f'data-chat="{chat}"' in page.text
+    assert "小张早安！深圳科技园店今日福利" in page.text and "jwxwork-1.0.0.js" in page.text
+    js = json.loads(re.search(r'<script id="jsapi" type="application/json">(.*?)</script>', page.text).group(1))
+    tickets = h.backend.state()["tickets"]
+    assert js["corpid"] == h.corp.corp_id and js["agentid"] == h.corp.agent_id
+    assert js["signature"] == _signature(tickets["corp"], js["nonceStr"], js["timestamp"], url)
+    assert js["agentSignature"] == _signature(tickets["agent_config"], js["nonceStr"], js["timestamp"], url)
+    assert all(r.opened_at for r in deliveries(h, "10:00") if r.owner == "zhangsan")
+
+    chat = h.groups["SZ001"][0]
+    sent_url = url.replace("?sig=", "/sent?sig=")
+    assert httpx.post(sent_url, json={"chat_id": chat}).json() == {"ok": True}
+    row = next(r for r in deliveries(h, "10:00") if r.chat_id == chat)
+    assert row.status == "sent" and row.tapped_at
+    # Without JavaScript: the form posts and comes back to the page, the group marked sent.
+    other = h.groups["SZ001"][1]
+    back = httpx.post(sent_url, data={"chat_id": other}, follow_redirects=True)
+    assert back.status_code == 200 and back.text.count("✓ 已发送") == 2
+    # Another clerk's groups are not reachable with this link, and a forged link is refused.
+    assert httpx.post(sent_url, json={"chat_id": h.groups["SZ002"][0]}).status_code == 404
+    assert httpx.get(url.replace("zhangsan", "lisi")).status_code == 403
+    assert httpx.get(url[:-4] + "0000").status_code == 403
+
+
+def test_pause_today_and_resume_by_chat(synced):
+    h = synced
+    at(h, 10)
+    fire(h, "10:00")
+    h.driver.clerk_says("zhangsan", "暂停")
+    h.pump()
+    assert "不再推送" in h.backend.app_messages[-1]["text"]["content"]
+    at(h, 12)
+    fire(h, "12:00")
+    assert not templates(h, "zhangsan")
+    assert {r.status for r in deliveries(h, "12:00") if r.owner == "zhangsan"} == {"paused"}
+    h.driver.clerk_says("zhangsan", "today")
+    h.pump()
+    reply = h.backend.app_messages[-1]["text"]["content"]
+    assert "已暂停" in reply and "10:00 福利：提醒2个群（已提醒待发2）" in reply, reply
+    h.driver.clerk_says("zhangsan", "恢复")
+    h.pump()
+    at(h, 16)
+    fire(h, "16:00")
+    assert {r.status for r in deliveries(h, "16:00") if r.owner == "zhangsan"} == {"reminded"}
