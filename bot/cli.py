@@ -185,7 +185,8 @@ def cmd_check(args) -> int:
     who = f"store {store.code} {store.name}" if store else "chain-wide (no region or store overrides; --store CODE for one store)"
     print(f"\nweek of {monday:%Y-%m-%d}, {who}; * = marked for the day's mass message\n")
     print(calendar.week_grid(store.code if store else "", monday,
-                             {"code": store.code, "name": store.name, "benefit": store.benefit or ""} if store else None))
+                             {"code": store.code, "name": store.name, "benefit": store.benefit or ""} if store else None,
+                             clerk=store.clerks[0] if store else "zhangsan"))
     return 0
 
 

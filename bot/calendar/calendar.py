@@ -296,7 +296,7 @@ class ContentCalendar:
         return Rendered(truncate_utf8(self._render_text(entry, ctx), MAX_TEXT_BYTES),
                         entry.attachments[:MAX_ATTACHMENTS])
 
-    def week_grid(self, store_code: str, monday: date, store: dict | None = None) -> str:
+    def week_grid(self, store_code: str, monday: date, store: dict | None = None, clerk: str = "zhangsan") -> str:
         """The week's plan as text: weekday × slot → kind and the first line of the text."""
         rows = []
         width = 26
@@ -312,7 +312,7 @@ class ContentCalendar:
                     cells.append("—")
                     continue
                 try:
-                    first = self._render_text(e, self.sample_context(store, day=d, slot=s)).splitlines()[0:1]
+                    first = self._render_text(e, self.sample_context(store, clerk, day=d, slot=s)).splitlines()[0:1]
                 except jinja2.TemplateError:
                     first = ["(template error)"]
                 mark = "*" if e.delivery == "mass" else ""
