@@ -43,7 +43,8 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
     tmp = Path(tempfile.mkdtemp(prefix="wecom-bot-demo-"))
     # The demo's day lasts seconds, so an add ripens after 3 s instead of the 5 minutes of a real day.
     h = Harness(database_url=f"sqlite:///{tmp / 'demo.db'}", stores=DEMO_STORES, calendar_dir=calendar_dir,
-                settings_overrides={"qr_health": {"grace_minutes": 0.05}})
+                settings_overrides={"qr_health": {"grace_minutes": 0.05},
+                                    "broadcast": {"reminder_spread_seconds": 0}})
     h.start()
     backend, c, driver, settings = h.backend, h.c, h.driver, h.cfg
     backend.add_clerk("wangwu", admin_welcome=True)  # has a console welcome set: WeCom issues no code
@@ -119,7 +120,10 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
         if reply:
             print("   " + reply[-1]["text"]["content"].replace("\n", "\n   "))
 
+        slots_summary = _slots(h)
+
         _summary(c, backend, deliveries, dup_statuses, time.monotonic() - started)
+        print(slots_summary)
         print(chain_summary)
         if serve:
             print(f"\nServing: bot {bot.url} (/healthz, /metrics), sandbox {sandbox.url}/_sandbox/state. Ctrl-C stops.")
@@ -177,6 +181,45 @@ def _chain_race(h: Harness, stock: int = 50, crowd: int = 150) -> str:
     print("   截单 → the pick list reached 小张:\n   " + "\n   ".join(pick.splitlines()[:5]) + "\n   ……")
     return (f"  group-buy                 {sold}/{stock} portions sold to {statuses.count(201)} members "
             f"(oversold: {max(0, sold - stock)}), pick list {'sent' if pick else 'MISSING'}")
+
+
+def _slots(h: Harness) -> str:
+    """The day's four slots, fired one after the other (the demo's day is compressed)."""
+    import httpx
+
+    from bot.scheduler import follow_up_broadcasts, run_slot
+
+    c, backend = h.c, h.backend
+    today = c.clock.now().date()
+    print(f"\n6b. The day's broadcast slots from content_calendar/ (receive cap {c.settings.broadcast.receive_cap}: "
+          "one mass message per group a day, the other slots reach the owner as a reminder)")
+    for slot in c.settings.broadcast.slots:
+        before = len(backend.templates)
+        report = run_slot(c, slot, today)
+        _drain(c)
+        made = list(backend.templates.values())[before:]
+        print(f"   {slot}  {report.mass} groups by mass message ({len(made)} owner tasks), "
+              f"{report.reminders} by reminder to {len(report.reminded_owners)} clerks")
+        for t in made[:-1]:          # the owners tap 发送 in WeCom — all but one, who is reminded later
+            backend.confirm_groupmsg(t["msgid"])
+    card = next(m for m in backend.app_messages if m["msgtype"] == "textcard")
+    url = card["textcard"]["url"]
+    page = httpx.get(url, headers={"user-agent": "wxwork/4.1 demo"})
+    chat = next(r for r in __import__("re").findall(r'data-chat="([^"]+)"', page.text))
+    httpx.post(url.replace("?sig=", "/sent?sig="), json={"chat_id": chat})
+    print(f"   {card['touser']} got \"{card['textcard']['title']}\", opened the sidebar (HTTP {page.status_code}) and "
+          f"sent to {chat} with one tap")
+    follow_up_broadcasts(c)
+    _drain(c)
+    with reads_of(c.sessions)() as s:
+        from bot.broadcast.report import slot_figures
+        figures = slot_figures(s, today)
+    mass = sum(f.mass for f in figures)
+    return (f"  broadcasts                {sum(f.groups for f in figures)} group-slots fired: {mass} by mass message "
+            f"({sum(f.mass_sent for f in figures)} confirmed and delivered, {sum(f.mass_awaiting for f in figures)} "
+            f"awaiting the owner), {sum(f.reminder for f in figures)} by owner reminder "
+            f"({sum(f.tapped for f in figures)} sent from the sidebar); over the cap: "
+            f"{sum(r == 3 for t in backend.templates.values() for r in (x['status'] for x in t['results'].values()))}")
 
 
 def _drain(c, timeout: float = 25) -> None:

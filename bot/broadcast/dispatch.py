@@ -45,7 +45,8 @@ class FireReport:
     skipped: int = 0
     downgraded: int = 0
     already: int = 0
-    owners: set[str] = field(default_factory=set)
+    owners: set[str] = field(default_factory=set)            # clerks who got a mass task or a reminder
+    reminded_owners: set[str] = field(default_factory=set)
 
     def summary(self) -> str:
         return (f"{self.day} {self.slot}: {self.groups} groups fired — {self.mass} by mass message, {self.reminders} "
@@ -59,8 +60,11 @@ def slot_time(day: date, slot: str, tz) -> datetime:
 
 
 def spread_seconds(userid: str, spread: int) -> int:
-    """A clerk's fixed offset into the slot's first minute: never at :00, the same on every run."""
-    return 5 + int(hashlib.sha1(userid.encode()).hexdigest()[:8], 16) % max(1, spread)
+    """A clerk's fixed offset into the slot's first minute: never at :00, the same on every run
+    (0 spreads nothing: the demo's compressed day)."""
+    if spread <= 0:
+        return 0
+    return 5 + int(hashlib.sha1(userid.encode()).hexdigest()[:8], 16) % spread
 
 
 def _insert_ignore_many(s: Session, model, rows: list[dict]) -> None:
@@ -226,11 +230,14 @@ class Broadcaster:
                            deadline=expires or datetime.combine(day + timedelta(days=1), time(0), self.tz))
                 report.mass += len(modes["mass"])
             if modes["reminder"]:
+                # A slot fired ahead of its time (`slot fire` by hand) goes out now, still spread.
+                base = at if now >= at else now
                 outbox.add("slot_reminder", f"rm:{d}:{slot}:{owner}",
                            self._reminder_payload(owner, day, slot, entry, ctx, len(modes["reminder"])),
-                           not_before=max(now, at + timedelta(seconds=spread_seconds(
+                           not_before=max(now, base + timedelta(seconds=spread_seconds(
                                owner, self.settings.reminder_spread_seconds))))
                 report.reminders += len(modes["reminder"])
+                report.reminded_owners.add(owner)
             report.groups += len(modes["mass"]) + len(modes["reminder"])
 
     def _open_chains(self, s: Session, codes: set[str], now: datetime) -> dict[str, list[dict]]:

@@ -116,6 +116,29 @@ def print_report(c, day: date, out=print) -> None:
         if f.hours:
             out("         by hour (adds/QR joins): " + "  ".join(
                 f"{h:02d}h {f.hours[h].get('add', 0)}/{f.hours[h].get('join', 0)}" for h in sorted(f.hours)))
+    from bot.broadcast.report import format_slots, slot_figures
+    from bot.chains.service import yuan
+    from bot.db.models import Chain, ChainOrder
+
+    with reads_of(c.sessions)() as s:
+        slots = slot_figures(s, day)
+        until = since + timedelta(days=1)
+        chains = list(s.scalars(select(Chain).where(Chain.opens_at < until, Chain.deadline >= since)
+                                .order_by(Chain.id)))
+        orders = defaultdict(int)
+        for chain_id, qty in s.execute(select(ChainOrder.chain_id, ChainOrder.qty).where(
+                ChainOrder.chain_id.in_([ch.id for ch in chains]), ChainOrder.status == "active")):
+            orders[chain_id] += 1
+    out("Broadcasts (mass = add_msg_template, sent once the owner confirms; remind = owner reminder, "
+        "tapped = sent from the sidebar)")
+    for line in format_slots(slots):
+        out(line)
+    out(f"Group-buy chains running on {day:%Y-%m-%d}: {len(chains)}")
+    for ch in chains:
+        out(f"  #{ch.id} {ch.store_code} {ch.title} ¥{yuan(ch.price_cents)}: sold {ch.stock_total - ch.stock_left}/"
+            f"{ch.stock_total} in {orders[ch.id]} orders, {ch.status}"
+            + (f" ({ch.closed_reason} {ch.closed_at.astimezone(tz):%m-%d %H:%M})" if ch.closed_at else
+               f", deadline {ch.deadline.astimezone(tz):%m-%d %H:%M}"))
     sent = [w for w in welcomes if w.status in ("sent", "already")]
     out(f"Welcomes: {len(sent)} sent ({sum(w.qr_attached for w in welcomes)} with the group QR), "
         f"{sum(w.status == 'expired' for w in welcomes)} expired, {sum(w.status == 'skipped' for w in welcomes)} skipped")
