@@ -161,6 +161,8 @@ def cmd_check(args) -> int:
     codes = [st.code for st in settings.stores]
     calendar = ContentCalendar(cal_dir, slots=settings.broadcast.slots, store_codes=codes, log_problems=False)
     problems = [str(p) for p in calendar.problems]
+    for w in calendar.warnings:
+        print(w, file=sys.stderr)
     welcome = WelcomeContent(cal_dir)
     if welcome.last_error:
         problems.append(welcome.last_error)

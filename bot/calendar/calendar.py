@@ -76,6 +76,7 @@ class Snapshot:
     regions: list[tuple[str, list[str], _Layer]] = field(default_factory=list)
     stores: dict[str, _Layer] = field(default_factory=dict)
     clerk_names: dict[str, str] = field(default_factory=dict)
+    _days: dict = field(default_factory=dict)   # (store, day) → plan: a slot for 25,000 groups asks often
 
     def layers_for(self, store_code: str) -> list[_Layer]:
         out = [self.default] if self.default else []
@@ -87,6 +88,15 @@ class Snapshot:
     def day(self, store_code: str, day: date) -> dict[str, Entry]:
         """slot → entry for one store and day: weeks first (chain, regions, store; a weekday's own slot
         over `daily`), then dated overrides in the same order; `off` clears the day, null drops a slot."""
+        key = (store_code, day)
+        if key in self._days:
+            return self._days[key]
+        if len(self._days) > 50_000:
+            self._days.clear()
+        self._days[key] = plan = self._day(store_code, day)
+        return plan
+
+    def _day(self, store_code: str, day: date) -> dict[str, Entry]:
         layers = self.layers_for(store_code)
         plan: dict[str, Entry | None] = {}
         wd = WEEKDAYS[day.weekday()]
@@ -146,7 +156,9 @@ class ContentCalendar:
             auto_reload=True)
         self.snapshot = Snapshot()
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []   # worth fixing, but the calendar still runs (a store file for a closed store)
         self._stamp: tuple = ()
+        self._compiled: dict[str, jinja2.Template] = {}
         self.reload_if_changed()
 
     # -- loading ---------------------------------------------------------------------------
@@ -165,13 +177,16 @@ class ContentCalendar:
             return False
         self._stamp = stamp
         snap, problems = self.load()
-        self.problems = problems
+        self.problems = [p for p in problems if not p.warning]
+        self.warnings = [p for p in problems if p.warning]
+        problems = self.problems
         if problems:
             if self.log_problems:
                 log.error("content calendar not reloaded, the last good one keeps running:\n%s",
                           "\n".join(map(str, problems)))
             return False
         self.snapshot = snap
+        self._compiled = {}
         log.info("content calendar loaded (%d files)", len(self.files()))
         return True
 
@@ -187,7 +202,7 @@ class ContentCalendar:
                     if key in f.data:
                         problems.append(f.problem((key,), f"{key} belongs in default.yaml, not in a store file"))
                 if self.store_codes and path.stem not in self.store_codes:
-                    problems.append(Problem(path, 1, f"no configured store has the code {path.stem!r}"))
+                    problems.append(Problem(path, 1, f"no configured store has the code {path.stem!r}", warning=True))
                 snap.stores[path.stem] = _Layer(f, (), f.data.get("week") or {}, f.data.get("dates") or {})
             else:
                 snap.default = _Layer(f, (), f.data.get("week") or {}, f.data.get("dates") or {})
@@ -198,10 +213,11 @@ class ContentCalendar:
                         for i, p in enumerate(pats):
                             if not any(fnmatch.fnmatchcase(c, p) for c in self.store_codes):
                                 problems.append(f.problem(("regions", name, "stores", i),
-                                                          f"region {name}: {p!r} matches no configured store"))
+                                                          f"region {name}: {p!r} matches no configured store",
+                                                          warning=True))
                     snap.regions.append((name, pats, _Layer(f, ("regions", name), region.get("week") or {},
                                                             region.get("dates") or {})))
-        if problems:
+        if any(not p.warning for p in problems):
             return snap, problems
         problems += self._semantic_problems(snap)
         return snap, problems
@@ -267,7 +283,8 @@ class ContentCalendar:
 
     # -- using it --------------------------------------------------------------------------
     def day(self, store_code: str, day: date) -> dict[str, Entry]:
-        return {s: e for s, e in self.snapshot.day(store_code, day).items() if s in self.slots}
+        plan = self.snapshot.day(store_code, day)
+        return plan if all(s in self.slots for s in plan) else {s: e for s, e in plan.items() if s in self.slots}
 
     def clerk_name(self, userid: str) -> str:
         return self.snapshot.clerk_names.get(userid, userid)
@@ -288,7 +305,12 @@ class ContentCalendar:
                                                                                     "name": "示例门店福利群"})
 
     def _render_text(self, entry: Entry, ctx: dict) -> str:
-        tpl = self.env.from_string(entry.text) if entry.text is not None else self.env.get_template(entry.template)
+        if entry.text is None:
+            tpl = self.env.get_template(entry.template)
+        else:
+            tpl = self._compiled.get(entry.text)
+            if tpl is None:  # compiling costs a millisecond; a slot renders thousands of times
+                tpl = self._compiled[entry.text] = self.env.from_string(entry.text)
         return tpl.render(**ctx).strip()
 
     def render(self, entry: Entry, ctx: dict) -> Rendered:

@@ -21,9 +21,10 @@ class Problem:
     file: Path
     line: int
     message: str
+    warning: bool = False   # told by `check`, but does not stop the calendar from loading
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        return f"{self.file}:{self.line}: " + ("warning: " if self.warning else "") + self.message
 
 
 @dataclass
@@ -42,8 +43,8 @@ class CalendarFile:
             path = path[:-1]
         return 1
 
-    def problem(self, path: Path_, message: str) -> Problem:
-        return Problem(self.path, self.line(path), message)
+    def problem(self, path: Path_, message: str, warning: bool = False) -> Problem:
+        return Problem(self.path, self.line(path), message, warning)
 
 
 class CalendarLoader(yaml.SafeLoader):

@@ -101,7 +101,6 @@ CHECK_CASES = [
      + "".join("        - {link: {title: t, url: 'https://e.cn'}}\n" for _ in range(10)), 6, "10 items; at most 9"),
     ("week:\n  mon:\n    \"10:00\": [unclosed\n", 4, "invalid YAML"),
     ("dates:\n  \"2026-13\": {off: true}\n", 2, "not a date"),
-    ("regions:\n  north:\n    stores: [BJ*]\n", 3, "matches no configured store"),
 ]
 
 
@@ -119,10 +118,15 @@ def test_check_reports_each_error_as_file_line_message_and_exits_1(tmp_path, cal
     assert any(e.startswith(f"{target}:{line}: ") and words in e for e in err), err
 
 
-def test_a_store_file_for_an_unknown_store_is_an_error(tmp_path, cal_dir, capsys):
+def test_a_store_file_or_region_for_no_configured_store_is_a_warning_not_a_stop(tmp_path, cal_dir, capsys):
+    """A closed store's file left behind must not stop every other store's broadcasts."""
     write(cal_dir / "stores" / "XX999.yaml", "week: {}\n")
-    assert main(["--config", str(_config(tmp_path, cal_dir)), "check"]) == 1
-    assert f"{cal_dir / 'stores' / 'XX999.yaml'}:1: no configured store has the code 'XX999'" in capsys.readouterr().err
+    with (cal_dir / "default.yaml").open("a", encoding="utf-8") as f:
+        f.write("  north:\n    stores: [BJ*]\n")                      # under the shipped `regions:`
+    assert main(["--config", str(_config(tmp_path, cal_dir)), "check"]) == 0
+    err = capsys.readouterr().err
+    assert f"{cal_dir / 'stores' / 'XX999.yaml'}:1: warning: no configured store has the code 'XX999'" in err
+    assert "warning: region north: 'BJ*' matches no configured store" in err
 
 
 def test_check_prints_the_week_grid_for_a_store(tmp_path, cal_dir, capsys):

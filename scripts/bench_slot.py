@@ -1,0 +1,167 @@
+"""Plan and dispatch broadcast slots for a whole chain: 4,800 stores, 25,000 groups, 4,800 clerks.
+
+The sandbox runs as its own process with WeCom's per-API limit (10,000 calls a minute, 45009 past
+it); the bot runs here, in-process (planner, dispatcher, outbox workers: what `serve` runs for a
+slot). Stores and groups are written to the bot's database as `sync` leaves them (sync itself is
+not what is measured). Reported per slot: wall time from firing to the last WeCom call settled,
+calls per API, and the rate-limit bound: the least time the limit allows for those calls (the
+k-th call of an API cannot start before floor((k-1)/limit) minutes). `--limit` lowers the limit
+on both sides to show the pacing where the limit binds.
+
+    .venv/bin/python scripts/bench_slot.py [--db sqlite|postgresql] [--limit 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import httpx  # noqa: E402
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+
+from benchlib import PG_URL, free_port, wait_http  # noqa: E402
+from bot.sandbox.seed import new_corp  # noqa: E402
+
+STORES, GROUPS = 4800, 25000
+
+
+def child_sandbox(port: int, corp_json: str, limit: int) -> None:
+    """The sandbox process: a corp with one clerk per store and 25,000 groups among them."""
+    import uvicorn
+
+    from bot.clock import SystemClock
+    from bot.sandbox.backend import Corp, WeComBackend
+    from bot.sandbox.routes import create_sandbox_app
+    from bot.sandbox.rules import Rules
+
+    corp = Corp(**json.loads(corp_json))
+    backend = WeComBackend(corp, SystemClock(), Rules(per_api_per_minute=limit, groupmsg_confirm="manual"))
+    rng = random.Random(4800)
+    for i in range(STORES):
+        backend.add_clerk(f"c{i:04d}")
+    for g in range(GROUPS):
+        owner = f"c{g % STORES:04d}" if g < STORES else f"c{rng.randrange(STORES):04d}"
+        backend.create_group(owner, f"门店{g % STORES}福利群{g // STORES + 1}", members=rng.randint(150, 480))
+    app = create_sandbox_app(backend)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def bound_seconds(calls: dict[str, int], limit: int) -> float:
+    """Least time the per-API limit allows: the last call of each API waits whole windows."""
+    return max((math.floor((n - 1) / limit) * 60 for ep, n in calls.items() if n and ep != "message/send"), default=0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--limit", type=int, default=10_000, help="calls per minute per API (WeCom: 10,000)")
+    ap.add_argument("--threads", type=int, default=8, help="outbox worker threads")
+    args = ap.parse_args()
+
+    import tempfile
+
+    from bot.bootstrap import bootstrap
+    from bot.clock import SystemClock
+    from bot.config import Settings
+    from bot.db.models import GroupChat, Outbox, SlotDelivery, Store
+    from bot.scheduler import run_slot
+
+    corp = new_corp()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    sandbox = subprocess.Popen([sys.executable, __file__, "--child", str(port), json.dumps(corp.__dict__),
+                                str(args.limit)], env=env)
+    tmp = tempfile.mkdtemp(prefix="bench-slot-")
+    admin = schema = None
+    if args.db == "sqlite":
+        db_url = f"sqlite:///{tmp}/bench.db"
+    else:
+        schema = f"bench_{os.getpid()}"
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        db_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_sandbox/state", timeout=120)
+        base = f"http://127.0.0.1:{port}"
+        state = httpx.get(f"{base}/_sandbox/state", timeout=60).json()
+        stores = [{"code": f"S{i:04d}", "name": f"门店{i}", "clerks": [f"c{i:04d}"]} for i in range(STORES)]
+        settings = Settings.model_validate({
+            "database_url": db_url, "public_base_url": "http://127.0.0.1:9", "admin_token": "bench",
+            "calendar_dir": os.path.join(ROOT, "content_calendar"),
+            "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret, "token": corp.token,
+                      "encoding_aes_key": corp.encoding_aes_key, "api_base_url": f"{base}/cgi-bin/",
+                      "calls_per_minute": args.limit},
+            "worker": {"threads": args.threads}, "stores": stores})
+        c = bootstrap(settings, clock=SystemClock(settings.tz), migrate=True)
+        now = c.clock.now()
+        with c.sessions.begin() as s:
+            s.add_all(Store(code=st["code"], name=st["name"], clerks=st["clerks"]) for st in stores)
+        with c.sessions.begin() as s:
+            s.add_all(GroupChat(chat_id=chat, store_code=f"S{int(g['owner'][1:]):04d}", owner=g["owner"],
+                                name=g["name"], member_count=g["members"], synced_at=now)
+                      for chat, g in state["groups"].items())
+        print(f"{args.db}: {STORES} stores, {len(state['groups'])} groups, {STORES} clerks; "
+              f"limit {args.limit}/min per API; {args.threads} outbox threads")
+        c.start_workers()
+        day = now.date()
+        calls_before = state["calls"]
+        for slot in ("10:00", "12:00"):
+            t0 = time.perf_counter()
+            report = run_slot(c, slot, day)
+            t_plan = time.perf_counter() - t0
+            while True:
+                with c.sessions() as s:
+                    left = s.scalar(select(func.count()).select_from(Outbox).where(
+                        Outbox.status.in_(("pending", "running")), Outbox.key.like(f"%:{day}:{slot}:%")))
+                if not left:
+                    break
+                time.sleep(0.2)
+            wall = time.perf_counter() - t0
+            after = httpx.get(f"{base}/_sandbox/state", timeout=60).json()
+            calls = {k: v - calls_before.get(k, 0) for k, v in after["calls"].items() if v - calls_before.get(k, 0)}
+            calls_before = after["calls"]
+            errors = {k: v for k, v in after["errors"].items()}
+            with c.sessions() as s:
+                outcome = dict(s.execute(select(Outbox.status, func.count()).where(
+                    Outbox.key.like(f"%:{day}:{slot}:%")).group_by(Outbox.status)).all())
+                rows = s.scalar(select(func.count()).select_from(SlotDelivery).where(
+                    SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot))
+            b = bound_seconds(calls, args.limit)
+            print(f"\nslot {slot}: {report.groups} groups ({rows} delivery rows) — {report.mass} by mass message, "
+                  f"{report.reminders} by reminder; plan+queue {t_plan:.1f}s, all calls settled {wall:.1f}s")
+            print(f"  calls: {json.dumps(calls)}")
+            print(f"  rate-limit bound {b:.0f}s → wall/bound "
+                  + (f"{wall / b:.2f}×" if b else "n/a (every API under one window's limit)")
+                  + f"; client waited {c.client.pacer.waited:.1f}s for room")
+            print(f"  outbox outcomes {outcome}; sandbox errors so far {errors or 'none'}")
+            if slot == "12:00":
+                print("  (owner reminders are spread over 5-55 s after firing by design: WeCom asks to avoid :00)")
+        print(f"\npeak RSS of the bot process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        c.close()
+    finally:
+        sandbox.terminate()
+        sandbox.wait(10)
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_sandbox(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
