@@ -79,6 +79,8 @@ class Executor:
 
 
 def default_decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
+    if err.errcode == errcodes.PACED:
+        return Outcome("retry", err.errcode, err.errmsg, retry_in=err.retry_after or 1.0)
     if err.errcode in errcodes.RETRYABLE:
         wait = 60.0 if err.errcode == errcodes.API_FREQ_LIMIT else min(300.0, 2.0 ** row.attempts)
         return Outcome("retry", err.errcode, err.errmsg, retry_in=wait)
@@ -123,7 +125,8 @@ class OutboxWorker:
             outcome = Outcome("dead", errcode=row.last_errcode or 0, error="too many attempts")
         else:
             try:
-                outcome = Outcome("done", result=ex.send(self.client, row) or {})
+                with self.client.holding_lease():
+                    outcome = Outcome("done", result=ex.send(self.client, row) or {})
             except WeComError as err:
                 outcome = (ex.decide or default_decide)(err, row, self.clock.now())
             except Exception as err:  # a bug in an executor: keep the row, say why, do not spin
@@ -141,6 +144,8 @@ class OutboxWorker:
                                       claimed_by=None, lease_until=None)
         if outcome.status == "retry":
             values.update(status="pending", next_attempt_at=now + timedelta(seconds=outcome.retry_in))
+            if outcome.errcode == errcodes.PACED:  # never sent: waiting for room is not an attempt
+                values.update(attempts=Outbox.attempts - 1, last_errcode=row.last_errcode)
         else:
             values.update(status=outcome.status, done_at=now)
         with self.sessions.begin() as s:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 
 import requests
@@ -21,7 +23,7 @@ from wechatpy.work import WeChatClient
 from bot.clock import Clock, SystemClock
 from bot.wecom import errcodes
 from bot.wecom.api import GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
-from bot.wecom.pacer import Pacer
+from bot.wecom.pacer import NoRoom, Pacer
 from bot.wecom.token_store import MemoryTokenStore, TokenStore
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,12 @@ log = logging.getLogger(__name__)
 class WeComError(Exception):
     """A WeCom call that failed for good: branch on `errcode` (bot.wecom.errcodes)."""
 
-    def __init__(self, errcode: int, errmsg: str, endpoint: str):
+    def __init__(self, errcode: int, errmsg: str, endpoint: str, retry_after: float | None = None):
         super().__init__(f"{endpoint}: {errcode} {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
         self.endpoint = endpoint
+        self.retry_after = retry_after
 
 
 def _endpoint(url_or_endpoint: str) -> str:
@@ -65,10 +68,23 @@ class WeComClient(WeChatClient):
         self.backoff_cap = backoff_cap
         self.on_call = on_call
         self.pacer = Pacer(self.clock, calls_per_minute)
+        self.max_pace_wait = 5.0   # longer, and a call made under a lease is handed back (see holding_lease)
+        self._leased = threading.local()
+        self._leased.active = False
         # Connection pool sized for the worker threads that share this client.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
+
+    @contextmanager
+    def holding_lease(self):
+        """Calls in this block run for a claimed outbox row: rather than wait a minute for room under the
+        rate limit (and outlive the lease, so another worker sends it too) they fail with PACED."""
+        self._leased.active = True
+        try:
+            yield
+        finally:
+            self._leased.active = False
 
     # -- token ---------------------------------------------------------------------------
     @property
@@ -116,7 +132,11 @@ class WeComClient(WeChatClient):
                 params = kwargs.setdefault("params", {})
                 if isinstance(params, dict):
                     token = params.setdefault("access_token", self.access_token)
-                self.pacer.acquire(endpoint)
+                try:
+                    self.pacer.acquire(endpoint, self.max_pace_wait if getattr(self._leased, "active", False)
+                                        else float("inf"))
+                except NoRoom as e:
+                    raise WeComError(errcodes.PACED, str(e), endpoint, retry_after=e.wait) from None
                 result = super()._request(method, url_or_endpoint, **kwargs)
                 self._hook(endpoint, 0, started)
                 return result
@@ -139,8 +159,8 @@ class WeComClient(WeChatClient):
             except requests.RequestException as e:
                 self._hook(endpoint, errcodes.NETWORK_ERROR, started)
                 last = (errcodes.NETWORK_ERROR, type(e).__name__)
-            except WeComError as e:  # from gettoken
-                if e.errcode not in errcodes.RETRYABLE:
+            except WeComError as e:  # from gettoken, or the pacer handing the call back
+                if e.errcode == errcodes.PACED or e.errcode not in errcodes.RETRYABLE:
                     raise
                 last = (e.errcode, e.errmsg)
             attempt += 1

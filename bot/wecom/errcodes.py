@@ -29,6 +29,7 @@ NETWORK_ERROR = -901              # timeout, reset, refused
 RETRY_BUDGET_SPENT = -902
 BAD_RESPONSE = -903               # not JSON
 DATA_LAG = -904                   # WeCom answered, but not yet with what its callback announced
+PACED = -905                      # not sent: the per-API limit has no room for a while (retry_after)
 
 TOKEN_STALE = frozenset({INVALID_SECRET, INVALID_ACCESS_TOKEN, ACCESS_TOKEN_EXPIRED})
-RETRYABLE = frozenset({SYSTEM_BUSY, API_FREQ_LIMIT, API_CONCURRENCY_LIMIT, HTTP_ERROR, NETWORK_ERROR})
+RETRYABLE = frozenset({SYSTEM_BUSY, API_FREQ_LIMIT, API_CONCURRENCY_LIMIT, HTTP_ERROR, NETWORK_ERROR, PACED})

@@ -14,6 +14,12 @@ WINDOW = 60.0
 UNPACED = frozenset({"message/send"})
 
 
+class NoRoom(Exception):
+    def __init__(self, wait: float):
+        super().__init__(f"no room under the per-API limit for {wait:.1f}s")
+        self.wait = wait
+
+
 class Pacer:
     """At most `per_minute` calls per endpoint in any 60 s: a sliding window of call times."""
 
@@ -24,7 +30,9 @@ class Pacer:
         self._lock = threading.Lock()
         self.waited = 0.0   # seconds spent waiting for room, for benchmarks and metrics
 
-    def acquire(self, endpoint: str) -> None:
+    def acquire(self, endpoint: str, max_wait: float = float("inf")) -> None:
+        """Wait for room; past `max_wait` raise NoRoom instead (a caller holding a lease must not sit
+        on it for a minute: it hands the work back with the time room opens)."""
         if endpoint in UNPACED or self.per_minute <= 0:
             return
         while True:
@@ -37,5 +45,7 @@ class Pacer:
                     calls.append(now)
                     return
                 wait = calls[0] + WINDOW - now + 0.001
+                if wait > max_wait:
+                    raise NoRoom(wait)
                 self.waited += wait
             self.clock.sleep(wait)

@@ -278,3 +278,41 @@ def test_pause_today_and_resume_by_chat(synced):
     at(h, 16)
     fire(h, "16:00")
     assert {r.status for r in deliveries(h, "16:00") if r.owner == "zhangsan"} == {"reminded"}
+
+
+def test_a_marked_flash_sale_goes_as_the_mass_message_with_its_image_uploaded_once(synced):
+    h = synced
+    wednesday = date(2026, 11, 25)
+    at(h, 12, day=wednesday)
+    uploads = h.backend.calls["media/upload"]
+    fire(h, "12:00", wednesday)                       # plans the day from 12:00: the marked flash sale wins
+    sz2 = [t for t in templates(h) if t["creator"] in ("lisi", "wangwu")]
+    assert len(sz2) == 2 and all("午间秒杀" in t["text"]["content"] for t in sz2)
+    media_ids = {t["attachments"][0]["image"]["media_id"] for t in sz2}
+    assert len(media_ids) == 1 and h.backend.calls["media/upload"] == uploads + 1
+    assert not [r for r in deliveries(h, "10:00", wednesday)]   # a slot already past is not planned
+
+
+def test_under_the_rate_limit_a_claimed_call_is_handed_back_not_held_past_its_lease(db_url, clock):
+    from tests.conftest import ROOT, STORES
+    from bot.sandbox.harness import Harness
+
+    h = Harness(database_url=db_url, stores=STORES, clock=clock, calendar_dir=ROOT / "content_calendar",
+                workers=False, settings_overrides={"wecom": {"calls_per_minute": 1}})
+    h.start()
+    try:
+        h.backend.rules.update(api_limits={"externalcontact/add_msg_template": 1})
+        h.sync()
+        h.pump()
+        at(h, 10)
+        fire(h, "10:00")
+        assert h.backend.calls["externalcontact/add_msg_template"] == 1      # one a minute: the other waits
+        with h.c.sessions() as s:
+            waiting = s.scalar(select(Outbox).where(Outbox.kind == "add_msg_template", Outbox.status == "pending"))
+        assert waiting.attempts == 0 and waiting.last_errcode is None
+        h.clock.advance(61)
+        h.pump()
+        assert h.backend.calls["externalcontact/add_msg_template"] == 2
+        assert not any(k.endswith(":45009") for k in h.backend.errors)
+    finally:
+        h.stop()
