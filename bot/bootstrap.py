@@ -122,7 +122,8 @@ class Container:
 
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
         deps = {"welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
-                "command_deps": {"tz": self.settings.tz, "chains": self.chains, "broadcaster": self.broadcaster}}
+                "command_deps": {"tz": self.settings.tz, "chains": self.chains, "broadcaster": self.broadcaster,
+                                 "sidebar_links": self.sidebar_links}}
         return EventDispatcher(self.sessions, self.clock, HANDLERS, deps,
                                owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
 

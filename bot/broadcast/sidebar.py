@@ -52,6 +52,10 @@ class SidebarLinks:
     def valid(self, day: str, hhmm: str, clerk: str, sig: str) -> bool:
         return hmac.compare_digest(self.sig(day, hhmm, clerk), sig or "")
 
+    def chain_link(self, token: str, clerk: str) -> str:
+        """The announcement of a new group-buy, ready for each of the clerk's groups."""
+        return f"{self.base}/sidebar/chain/{token}/{clerk}?sig={self.sig('chain', token, clerk)}"
+
 
 def sidebar_router(c) -> APIRouter:
     r = APIRouter()
@@ -72,6 +76,19 @@ def sidebar_router(c) -> APIRouter:
             names = {g.chat_id: g for g in s.scalars(select(GroupChat).where(
                 GroupChat.chat_id.in_([x.chat_id for x in rows])))}
         return [(x, names.get(x.chat_id)) for x in rows]
+
+    def jsapi(url: str) -> dict | None:
+        try:
+            ts, nonce = int(c.clock.timestamp()), secrets.token_hex(8)
+            return {"corpid": c.settings.wecom.corp_id, "agentid": c.settings.wecom.agent_id, "timestamp": ts,
+                    "nonceStr": nonce, "signature": jsapi_signature(c.client.corp_ticket(), nonce, ts, url),
+                    "agentSignature": jsapi_signature(c.client.agent_ticket(), nonce, ts, url)}
+        except WeComError:
+            return None  # the page still works: copy the text by hand
+
+    def page_url(request: Request) -> str:
+        return c.settings.public_base_url.rstrip("/") + request.url.path + (
+            f"?{request.url.query}" if request.url.query else "")
 
     def build(day: str, slot: str, clerk: str, url: str, wecom: bool) -> dict:
         d = date.fromisoformat(day)
@@ -103,25 +120,38 @@ def sidebar_router(c) -> APIRouter:
             cards.append({"chat_id": x.chat_id, "name": g.name if g else x.chat_id, "kind": entry.kind_zh,
                           "text": rendered.text, "attachments": attachments, "sent": x.status == "sent",
                           "tapped_at": x.tapped_at.astimezone(tz).strftime("%H:%M") if x.tapped_at else ""})
-        js = None
-        try:
-            ts, nonce = int(c.clock.timestamp()), secrets.token_hex(8)
-            js = {"corpid": c.settings.wecom.corp_id, "agentid": c.settings.wecom.agent_id, "timestamp": ts,
-                  "nonceStr": nonce, "signature": jsapi_signature(c.client.corp_ticket(), nonce, ts, url),
-                  "agentSignature": jsapi_signature(c.client.agent_ticket(), nonce, ts, url)}
-        except WeComError:
-            js = None  # the page still works: copy the text by hand
-        return {"day": d, "slot": slot, "clerk": clerk, "cards": cards, "js": js, "wecom": wecom}
+        return {"title": f"{d.month}月{d.day}日 {slot}", "cards": cards, "js": jsapi(url), "wecom": wecom}
 
+    def build_chain(token: str, clerk: str, url: str, wecom: bool) -> dict | None:
+        with reads() as s:
+            chain = s.scalar(select(Chain).where(Chain.token == token))
+            if chain is None:
+                return None
+            groups = list(s.scalars(select(GroupChat).where(GroupChat.store_code == chain.store_code,
+                                                            GroupChat.owner == clerk).order_by(GroupChat.chat_id)))
+        cards = [{"chat_id": g.chat_id, "name": g.name or g.chat_id, "kind": "团购接龙", "attachments": [],
+                  "sent": False, "tapped_at": "", "text": chain_announcement(c.chains, chain, tz, g.chat_id)}
+                 for g in groups]
+        return {"title": f"团购 #{chain.id} {chain.title}", "cards": cards, "js": jsapi(url), "wecom": wecom}
+
+    @r.get("/sidebar/chain/{token}/{clerk}")
+    async def chain_page(token: str, clerk: str, request: Request, sig: str = ""):
+        if not links.valid("chain", token, clerk, sig):
+            return forbidden()
+        wecom = "wxwork" in request.headers.get("user-agent", "").lower()
+        data = await run_in_threadpool(build_chain, token, clerk, page_url(request), wecom)
+        if data is None:
+            return HTMLResponse("<!doctype html><meta charset=utf-8><p>没有这个团购。</p>", status_code=404)
+        return HTMLResponse(env.get_template("sidebar.html").render(**data, sent_url=None, done=""))
+
+    # after the chain route: /sidebar/chain/… would match this one too
     @r.get("/sidebar/{day}/{hhmm}/{clerk}")
     async def page(day: str, hhmm: str, clerk: str, request: Request, sig: str = "", done: str = ""):
         if not links.valid(day, hhmm, clerk, sig) or len(hhmm) != 4:
             return forbidden()
         slot = f"{hhmm[:2]}:{hhmm[2:]}"
-        url = c.settings.public_base_url.rstrip("/") + request.url.path + (
-            f"?{request.url.query}" if request.url.query else "")
         wecom = "wxwork" in request.headers.get("user-agent", "").lower()
-        data = await run_in_threadpool(build, day, slot, clerk, url, wecom)
+        data = await run_in_threadpool(build, day, slot, clerk, page_url(request), wecom)
         await run_in_threadpool(mark_opened, day, slot, clerk)
         html = env.get_template("sidebar.html").render(
             **data, sent_url=links.path(day, slot, clerk).replace("?", "/sent?"), done=done)
@@ -161,3 +191,12 @@ def sidebar_router(c) -> APIRouter:
         return RedirectResponse(links.path(day, slot, clerk) + "&done=" + chat_id, status_code=303)
 
     return r
+
+
+def chain_announcement(chains, chain: Chain, tz, chat_id: str | None) -> str:
+    """What a clerk posts in a group to open a chain: the group's own link attributes its orders."""
+    from bot.chains.service import yuan
+
+    return (f"【团购接龙】{chain.title} ¥{yuan(chain.price_cents)}，限量{chain.stock_total}份，"
+            f"每人限{chain.per_person_limit}份，{chain.deadline.astimezone(tz):%m月%d日 %H:%M}截止。\n"
+            f"点链接报名：{chains.link(chain, chat_id)}")

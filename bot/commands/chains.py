@@ -27,7 +27,8 @@ def _own_chain(uow: UnitOfWork, clerk: Clerk, args: str) -> Chain | Reply:
 
 
 @router.command("开团", "open", summary="开一个团购接龙，例如：开团 阳光玫瑰葡萄 39.9元 200份 每人限2 截止周六18:00")
-def open_chain(args: str, clerk: Clerk, uow: UnitOfWork, now: datetime, tz: ZoneInfo, chains: Chains) -> Reply:
+def open_chain(args: str, clerk: Clerk, uow: UnitOfWork, now: datetime, tz: ZoneInfo, chains: Chains,
+               sidebar_links) -> Reply:
     try:
         a = parse_open_args(args, now, tz)
     except CommandSyntaxError as e:
@@ -47,7 +48,8 @@ def open_chain(args: str, clerk: Clerk, uow: UnitOfWork, now: datetime, tz: Zone
              f"每人限{chain.per_person_limit}份，截止 {chain.deadline.astimezone(tz):%m-%d %H:%M}",
              f"链接：{chains.link(chain)}"]
     if groups:
-        lines.append("发到各群的专属链接（报名会记到对应的群）：")
+        lines.append(f"在客户群的聊天工具栏打开，一键把接龙发到群里：{sidebar_links.chain_link(chain.token, clerk.userid)}")
+        lines.append("或手动发各群的专属链接（报名会记到对应的群）：")
         lines += [f"· {g.name or g.chat_id}：{chains.link(chain, g.chat_id)}" for g in groups]
     return Reply("\n".join(lines))
 

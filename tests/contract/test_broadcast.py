@@ -316,3 +316,23 @@ def test_under_the_rate_limit_a_claimed_call_is_handed_back_not_held_past_its_le
         assert not any(k.endswith(":45009") for k in h.backend.errors)
     finally:
         h.stop()
+
+
+def test_a_new_chain_is_offered_as_a_one_tap_announcement_per_group(synced):
+    h = synced
+    h.driver.clerk_says("zhangsan", "开团 阳光玫瑰葡萄 39.9元 200份 每人限2 截止周六18:00")
+    h.pump()
+    reply = h.backend.app_messages[-1]["text"]["content"]
+    url = re.search(r"(http://\S+/sidebar/chain/\S+)", reply).group(1)
+    page = httpx.get(url)
+    assert page.status_code == 200 and page.text.count("【团购接龙】阳光玫瑰葡萄 ¥39.9") == 2
+    for chat in h.groups["SZ001"]:
+        assert f"?g={chat}" in page.text                     # each group's own link: orders attributed
+    assert httpx.get(url.replace("zhangsan", "lisi")).status_code == 403
+    # …and the next slot that lists open chains announces it with the store's link.
+    tuesday = date(2026, 11, 24)
+    at(h, 10, day=tuesday)
+    fire(h, "10:00", tuesday)
+    sidebar = httpx.get(reminders_to(h, "zhangsan")[-1]["textcard"]["url"]).text
+    assert "深圳科技园店正在团购" in sidebar and "阳光玫瑰葡萄 39.9元，剩200份" in sidebar
+    assert f"?g={h.groups['SZ001'][0]}" in sidebar
