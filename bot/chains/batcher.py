@@ -7,6 +7,7 @@ Chains.take's conditional UPDATEs, in order, inside the batch."""
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
@@ -35,28 +36,44 @@ class OrderBatcher(GroupCommitter):
         return await self.submit((chain, clean, chat_id, now))
 
     def commit_batch(self, batch: list) -> list:
-        outcomes: list = []
+        outcomes: list = [None] * len(batch)
         notified = False
         try:
             with self.sessions.begin() as s:
-                for chain, clean, chat_id, now in batch:
-                    try:
-                        with s.begin_nested():
-                            placed = self.chains.take(s, chain, *clean, chat_id=chat_id, now=now)
-                        notified |= placed.notified
-                        outcomes.append(({"order_token": placed.order.order_token, "remaining": placed.remaining,
-                                          "qty": placed.order.qty}, True))
-                    except IntegrityError:  # the same request_id, placed meanwhile (maybe in this batch)
-                        existing = s.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
-                                                                     ChainOrder.request_id == clean[3]))
-                        left = s.scalar(select(Chain.stock_left).where(Chain.id == chain.id))
-                        outcomes.append(({"order_token": existing.order_token, "remaining": left,
-                                          "qty": existing.qty}, False) if existing else ChainError("请稍后再试。"))
-                    except ChainError as e:
-                        outcomes.append(e)
+                by_chain: dict[int, list[int]] = defaultdict(list)
+                for i, (chain, *_rest) in enumerate(batch):
+                    by_chain[chain.id].append(i)
+                for idxs in by_chain.values():
+                    fast = self.chains.take_many(s, [batch[i] for i in idxs]) if len(idxs) > 1 else None
+                    if fast is not None:
+                        placed_all, told = fast
+                        notified |= told
+                        for i, placed in zip(idxs, placed_all):
+                            outcomes[i] = ({"order_token": placed.order.order_token, "remaining": placed.remaining,
+                                            "qty": placed.order.qty}, True)
+                        continue
+                    for i in idxs:
+                        outcomes[i], told = self._take_one(s, *batch[i])
+                        notified |= told
         except Exception:
             log.exception("order batch of %d failed", len(batch))
             raise
         if notified:
             self.on_notified()
         return outcomes
+
+    def _take_one(self, s: Session, chain: Chain, clean: tuple, chat_id: str | None, now: datetime):
+        """One order in its own SAVEPOINT: what it cannot have rolls back alone."""
+        try:
+            with s.begin_nested():
+                placed = self.chains.take(s, chain, *clean, chat_id=chat_id, now=now)
+            return ({"order_token": placed.order.order_token, "remaining": placed.remaining,
+                     "qty": placed.order.qty}, True), placed.notified
+        except IntegrityError:  # the same request_id, placed meanwhile (maybe in this batch)
+            existing = s.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
+                                                         ChainOrder.request_id == clean[3]))
+            left = s.scalar(select(Chain.stock_left).where(Chain.id == chain.id))
+            return (({"order_token": existing.order_token, "remaining": left, "qty": existing.qty}, False)
+                    if existing else ChainError("请稍后再试。")), False
+        except ChainError as e:
+            return e, False

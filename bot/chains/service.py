@@ -11,7 +11,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.chains.parse import OpenChainArgs
@@ -177,6 +180,57 @@ class Chains:
             raise SoldOut("已经抢完了。" if not row.stock_left else f"只剩 {row.stock_left} 份了，请少报一些。",
                           remaining=row.stock_left)
         return PlacedOrder(order, left, True, notified=self._milestones(s, chain, left, now))
+
+    def take_many(self, s: Session, items: list[tuple]) -> tuple[list[PlacedOrder], bool] | None:
+        """Several orders for one chain in three statements: the buyers' holds in one conditional upsert,
+        the stock for all of them in one conditional UPDATE, the orders in one INSERT. All or nothing:
+        None (and nothing changed) when any order would fail or the batch is not simple (a buyer or a
+        request twice), and the caller takes them one by one for precise answers. Near a sell-out that
+        is the common case; before it, a rush of sign-ups costs three statements per batch, not seven
+        per order."""
+        chain = items[0][0]
+        now = max(it[3] for it in items)
+        keys = [f"{clean[0].lower()}|{clean[1]}" for _, clean, _, _ in items]
+        if len(set(keys)) != len(keys) or len({clean[3] for _, clean, _, _ in items}) != len(items):
+            return None
+        total = sum(clean[2] for _, clean, _, _ in items)
+        dialect = s.get_bind().dialect.name
+        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(ChainBuyer)
+        chats = {c for _, _, c, _ in items if c}
+        groups = dict(s.execute(select(GroupChat.chat_id, GroupChat.store_code)
+                                .where(GroupChat.chat_id.in_(chats))).all()) if chats else {}
+        try:
+            with s.begin_nested() as sp:
+                upsert = ins.values([dict(chain_id=chain.id, buyer_key=k, qty=clean[2])
+                                     for k, (_, clean, _, _) in zip(keys, items)])
+                upsert = upsert.on_conflict_do_update(
+                    index_elements=[ChainBuyer.chain_id, ChainBuyer.buyer_key],
+                    set_={"qty": ChainBuyer.qty + upsert.excluded.qty},
+                    where=ChainBuyer.qty + upsert.excluded.qty <= chain.per_person_limit)
+                held = set(s.scalars(upsert.returning(ChainBuyer.buyer_key)))
+                if len(held) != len(keys):
+                    sp.rollback()
+                    return None
+                left = s.scalar(update(Chain).where(Chain.id == chain.id, Chain.status == "open",
+                                                    Chain.stock_left >= total, Chain.deadline > now)
+                                .values(stock_left=Chain.stock_left - total).returning(Chain.stock_left)
+                                .execution_options(synchronize_session=False))
+                if left is None:
+                    sp.rollback()
+                    return None
+                rows = [dict(chain_id=chain.id, order_token=secrets.token_urlsafe(12), request_id=clean[3],
+                             buyer_key=k, name=clean[0], phone_tail=clean[1], qty=clean[2],
+                             chat_id=chat if chat and groups.get(chat) == chain.store_code else None,
+                             store_code=chain.store_code, status="active", created_at=when)
+                        for k, (_, clean, chat, when) in zip(keys, items)]
+                s.execute(insert(ChainOrder), rows)
+        except IntegrityError:  # a request_id already placed: the one-by-one path replays it
+            return None
+        placed, running = [], left + total
+        for row in rows:
+            running -= row["qty"]
+            placed.append(PlacedOrder(ChainOrder(**row), running, True))
+        return placed, self._milestones(s, chain, left, now)
 
     def _milestones(self, s: Session, chain: Chain, left: int, now: datetime) -> bool:
         """Half sold and sold out: tell the clerk once each (a conditional UPDATE decides who tells)."""

@@ -43,13 +43,19 @@ class FairLock:
                 self._held = False
 
 
+# Enough for every thread that may hold a connection at once: the web's threadpool (anyio: 40),
+# the workers, the group committers and the scheduler. Past pool_size a connection is opened and
+# closed per checkout, and on PostgreSQL that connect costs more than the query.
+POOL_SIZE = 48
+
+
 def make_engine(url: str, **kw) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=kw.pop("pool_size", 8), max_overflow=16, **kw)
+                               pool_size=kw.pop("pool_size", POOL_SIZE), max_overflow=16, **kw)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -105,7 +111,7 @@ def make_engine(url: str, **kw) -> Engine:
         dialect.do_rollback = _ending(dialect.do_rollback)
 
         return engine
-    return create_engine(url, pool_size=kw.pop("pool_size", 10), max_overflow=20, pool_pre_ping=True, **kw)
+    return create_engine(url, pool_size=kw.pop("pool_size", POOL_SIZE), max_overflow=16, pool_pre_ping=True, **kw)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
