@@ -44,13 +44,8 @@ class OrderBatcher(GroupCommitter):
                 for i, (chain, *_rest) in enumerate(batch):
                     by_chain[chain.id].append(i)
                 for idxs in by_chain.values():
-                    fast = self.chains.take_many(s, [batch[i] for i in idxs]) if len(idxs) > 1 else None
-                    if fast is not None:
-                        placed_all, told = fast
-                        notified |= told
-                        for i, placed in zip(idxs, placed_all):
-                            outcomes[i] = ({"order_token": placed.order.order_token, "remaining": placed.remaining,
-                                            "qty": placed.order.qty}, True)
+                    if len(idxs) > 1 and self._take_together(s, batch, idxs, outcomes):
+                        notified |= outcomes.pop()
                         continue
                     for i in idxs:
                         outcomes[i], told = self._take_one(s, *batch[i])
@@ -61,6 +56,42 @@ class OrderBatcher(GroupCommitter):
         if notified:
             self.on_notified()
         return outcomes
+
+    def _take_together(self, s: Session, batch: list, idxs: list[int], outcomes: list) -> bool:
+        """The batch's orders for one chain in one go; at the sell-out, the ones that still fit (in
+        order) in one go and the rest told at once. False: take them one by one."""
+        items = [batch[i] for i in idxs]
+        fast = self.chains.take_many(s, items)
+        rest: list[int] = []
+        if fast is None:
+            chain = items[0][0]
+            row = s.execute(select(Chain.stock_left, Chain.status).where(Chain.id == chain.id)).one()
+            if row.status != "open":
+                return False
+            budget, fit = row.stock_left, []
+            for i in idxs:
+                qty = batch[i][1][2]
+                if qty <= budget:
+                    fit.append(i)
+                    budget -= qty
+                else:
+                    rest.append(i)
+            if not rest or not fit:
+                return False
+            # still the conditional UPDATE: if another process took stock meanwhile, nothing is taken
+            fast = self.chains.take_many(s, [batch[i] for i in fit])
+            if fast is None:
+                return False
+            idxs = fit
+        placed_all, told = fast
+        for i, placed in zip(idxs, placed_all):
+            outcomes[i] = ({"order_token": placed.order.order_token, "remaining": placed.remaining,
+                            "qty": placed.order.qty}, True)
+        left = placed_all[-1].remaining
+        for i in rest:
+            outcomes[i] = self.chains.sold_out(left)
+        outcomes.append(told)
+        return True
 
     def _take_one(self, s: Session, chain: Chain, clean: tuple, chat_id: str | None, now: datetime):
         """One order in its own SAVEPOINT: what it cannot have rolls back alone."""

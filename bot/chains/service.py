@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -129,12 +129,13 @@ class Chains:
         unknown, closed or not yet open chain, a quantity over the limit, a replayed request, and
         a chain visibly sold out. A fast path only: `take` decides by conditional UPDATE."""
         name, phone_tail, qty, request_id = validate(name, phone_tail, qty, request_id)
-        chain = reads.scalar(select(Chain).where(Chain.token == token))
-        if chain is None:
+        # One round trip: the chain, and the order this request_id already placed (a retried submit).
+        row = reads.execute(select(Chain, ChainOrder).outerjoin(ChainOrder, and_(
+            ChainOrder.chain_id == Chain.id, ChainOrder.request_id == request_id)).where(Chain.token == token)).first()
+        if row is None:
             raise ChainNotFound("没有这个团购。")
-        existing = reads.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
-                                                         ChainOrder.request_id == request_id))
-        if existing is not None:  # a retried submit: the same answer, nothing taken twice
+        chain, existing = row
+        if existing is not None:  # the same answer, nothing taken twice
             return chain, existing, (name, phone_tail, qty, request_id)
         if chain.status != "open" or now >= chain.deadline:
             raise ChainClosed("这个团购已经截单了。", remaining=chain.stock_left)
@@ -177,9 +178,12 @@ class Chains:
             row = s.execute(select(Chain.stock_left, Chain.status).where(Chain.id == chain.id)).one()
             if row.status != "open":
                 raise ChainClosed("这个团购已经截单了。", remaining=row.stock_left)
-            raise SoldOut("已经抢完了。" if not row.stock_left else f"只剩 {row.stock_left} 份了，请少报一些。",
-                          remaining=row.stock_left)
+            raise self.sold_out(row.stock_left)
         return PlacedOrder(order, left, True, notified=self._milestones(s, chain, left, now))
+
+    @staticmethod
+    def sold_out(left: int) -> SoldOut:
+        return SoldOut("已经抢完了。" if not left else f"只剩 {left} 份了，请少报一些。", remaining=left)
 
     def take_many(self, s: Session, items: list[tuple]) -> tuple[list[PlacedOrder], bool] | None:
         """Several orders for one chain in three statements: the buyers' holds in one conditional upsert,
