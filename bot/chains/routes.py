@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hmac
 import io
@@ -56,6 +57,10 @@ def chain_router(c) -> APIRouter:
         return render(token, g, mine_token=mine or None, message=error or ("报名成功！" if mine and not error else None),
                       ok=not error)
 
+    # A few threads for the order reads, not the whole threadpool: forty runnable threads queue on the
+    # GIL, and the order writer (one thread) waits behind all of them at each statement.
+    check_slots = asyncio.Semaphore(2)
+
     def check(token: str, body: dict):
         now = c.clock.now()
         with reads() as rs:
@@ -65,7 +70,8 @@ def chain_router(c) -> APIRouter:
         return chain, existing, clean, now
 
     async def place(token: str, body: dict, g: str):
-        chain, existing, clean, now = await run_in_threadpool(check, token, body)
+        async with check_slots:
+            chain, existing, clean, now = await run_in_threadpool(check, token, body)
         if existing is not None:  # a replayed submit, answered from a read
             return {"order_token": existing.order_token, "remaining": chain.stock_left, "qty": existing.qty}, False
         return await c.order_batcher.take(chain, clean, body.get("g") or g or None, now)
