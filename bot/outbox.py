@@ -42,18 +42,34 @@ def insert_ignore(session: Session, model, values: dict) -> bool:
     return session.execute(ins.on_conflict_do_nothing().returning(pk)).first() is not None
 
 
+def insert_ignore_many(session: Session, model, rows: list[dict]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING of many rows (one executemany): those already there stay.
+
+    Core, not the ORM's bulk insert, which spends Python per row on what the driver does in C."""
+    if not rows:
+        return
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(model.__table__).on_conflict_do_nothing(), rows)
+
+
 class OutboxRepo:
     def __init__(self, session: Session, clock: Clock):
         self.session = session
         self.clock = clock
 
-    def add(self, kind: str, key: str, payload: dict, *, deadline: datetime | None = None,
-            not_before: datetime | None = None, priority: int = 1) -> bool:
-        """Queue a WeCom call once per key; False when the key was already queued."""
+    def row(self, kind: str, key: str, payload: dict, *, deadline: datetime | None = None,
+            not_before: datetime | None = None, priority: int = 1) -> dict:
         now = self.clock.now()
-        return insert_ignore(self.session, Outbox, dict(
-            key=key, kind=kind, payload=payload, status="pending", created_at=now, deadline=deadline,
-            next_attempt_at=not_before or now, attempts=0, priority=priority))
+        return dict(key=key, kind=kind, payload=payload, status="pending", created_at=now, deadline=deadline,
+                    next_attempt_at=not_before or now, attempts=0, priority=priority)
+
+    def add(self, kind: str, key: str, payload: dict, **when) -> bool:
+        """Queue a WeCom call once per key; False when the key was already queued."""
+        return insert_ignore(self.session, Outbox, self.row(kind, key, payload, **when))
+
+    def add_many(self, rows: list[dict]) -> None:
+        """Queue many calls (dicts from `row`) in one statement, each once per key."""
+        insert_ignore_many(self.session, Outbox, rows)
 
 
 @dataclass
@@ -110,11 +126,13 @@ class OutboxWorker:
                 return 0
         with self.sessions.begin() as s:
             rows = claim_due(s, Outbox, now=self.clock.now(), owner=self.owner, limit=self.batch, lease=self.lease)
-        for row in rows:
-            self._run(row)
+        # Calls one by one, then one transaction settles the batch: on SQLite every transaction is
+        # a turn of the one write lock, and a turn per row was most of a broadcast slot's time. A
+        # crash before the settle repeats those calls, which every kind is made safe for (above).
+        self._settle([(row, *self._run(row)) for row in rows])
         return len(rows)
 
-    def _run(self, row: Outbox) -> None:
+    def _run(self, row: Outbox) -> tuple[Executor | None, Outcome]:
         ex = self.executors.get(row.kind)
         now = self.clock.now()
         if ex is None:
@@ -132,14 +150,39 @@ class OutboxWorker:
             except Exception as err:  # a bug in an executor: keep the row, say why, do not spin
                 log.exception("outbox %s %s: executor failed", row.kind, row.key)
                 outcome = Outcome("retry", errcodes.BAD_RESPONSE, f"{type(err).__name__}: {err}", retry_in=60)
-        self._settle(row, ex, outcome)
+        return ex, outcome
 
-    def _settle(self, row: Outbox, ex: Executor | None, outcome: Outcome) -> None:
+    def _settle(self, ran: list[tuple[Outbox, Executor | None, Outcome]]) -> None:
+        if not ran:
+            return
         now = self.clock.now()
+        settled = []
+        with self.sessions.begin() as s:
+            for row, ex, outcome in ran:
+                savepoint = s.begin_nested()  # one row's failure leaves the others settled
+                try:
+                    kept = self._settle_one(s, row, ex, outcome, now)
+                except Exception:  # a bug in a settle: the row runs again when its lease ends
+                    log.exception("outbox %s %s: settling failed", row.kind, row.key)
+                    kept = False
+                if kept:
+                    savepoint.commit()
+                    settled.append((row, outcome))
+                else:
+                    savepoint.rollback()  # the domain settle of a row whose lease was lost, too
+        for row, outcome in settled:
+            level = logging.INFO if outcome.status in ("done", "retry") else logging.WARNING
+            log.log(level, "outbox %s %s -> %s %s", row.kind, row.key, outcome.status,
+                    f"({outcome.errcode} {outcome.error})" if outcome.errcode or outcome.error else "")
+            if self.on_settled:
+                self.on_settled(row, outcome)
+
+    def _settle_one(self, s: Session, row: Outbox, ex: Executor | None, outcome: Outcome, now: datetime) -> bool:
+        """Settle one row inside the batch's transaction; False when its lease was lost to another worker."""
         if outcome.status == "retry":
             at = now + timedelta(seconds=outcome.retry_in)
             if row.deadline and at > row.deadline:
-                outcome = Outcome("expired", outcome.errcode, outcome.error or "deadline passed while retrying")
+                outcome.status, outcome.error = "expired", outcome.error or "deadline passed while retrying"
         values: dict[str, Any] = dict(last_errcode=outcome.errcode or None, last_error=outcome.error,
                                       claimed_by=None, lease_until=None)
         if outcome.status == "retry":
@@ -147,20 +190,13 @@ class OutboxWorker:
             if outcome.errcode == errcodes.PACED:  # never sent: waiting for room is not an attempt
                 values.update(attempts=Outbox.attempts - 1, last_errcode=row.last_errcode)
         else:
-            values.update(status=outcome.status, done_at=now)
-        with self.sessions.begin() as s:
-            res = s.execute(update(Outbox).where(Outbox.id == row.id, Outbox.claimed_by == self.owner,
-                                                 Outbox.status == "running").values(**values))
-            if res.rowcount != 1:
-                log.warning("outbox %s: lease lost before settling (%s)", row.key, outcome.status)
-                s.rollback()
-                return
-            if ex and ex.settle and outcome.status != "retry":
+            if ex and ex.settle:
                 ex.settle(s, row, outcome, now)  # may shrink outcome.result before it is stored
-            if outcome.status != "retry" and outcome.result:
-                s.execute(update(Outbox).where(Outbox.id == row.id).values(result=outcome.result))
-        level = logging.INFO if outcome.status in ("done", "retry") else logging.WARNING
-        log.log(level, "outbox %s %s -> %s %s", row.kind, row.key, outcome.status,
-                f"({outcome.errcode} {outcome.error})" if outcome.errcode or outcome.error else "")
-        if self.on_settled:
-            self.on_settled(row, outcome)
+            values.update(status=outcome.status, done_at=now, result=outcome.result or None)
+        res = s.execute(update(Outbox).where(Outbox.id == row.id, Outbox.claimed_by == self.owner,
+                                             Outbox.status == "running").values(**values)
+                        .execution_options(synchronize_session=False))
+        if res.rowcount != 1:
+            log.warning("outbox %s: lease lost before settling (%s)", row.key, outcome.status)
+            return False
+        return True

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
 from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.broadcast import planner
@@ -26,7 +24,7 @@ from bot.clock import Clock
 from bot.config import BroadcastSettings
 from bot.db.engine import reads_of
 from bot.db.models import BroadcastPause, BroadcastTask, Chain, GroupChat, GroupReceipt, SlotDelivery, Store
-from bot.outbox import OutboxRepo
+from bot.outbox import OutboxRepo, insert_ignore_many
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +63,6 @@ def spread_seconds(userid: str, spread: int) -> int:
     if spread <= 0:
         return 0
     return 5 + int(hashlib.sha1(userid.encode()).hexdigest()[:8], 16) % spread
-
-
-def _insert_ignore_many(s: Session, model, rows: list[dict]) -> None:
-    if not rows:
-        return
-    dialect = s.get_bind().dialect.name
-    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
-    s.execute(ins.on_conflict_do_nothing(), rows)
 
 
 class Broadcaster:
@@ -140,7 +130,7 @@ class Broadcaster:
                                  status="planned", planned_at=now))
         for i in range(0, len(rows), 5000):
             with self.sessions.begin() as s:
-                _insert_ignore_many(s, SlotDelivery, rows[i:i + 5000])
+                insert_ignore_many(s, SlotDelivery, rows[i:i + 5000])
         log.info("planned %s for %d groups (%d rows)", day, len(todo), len(rows))
         return len(rows)
 
@@ -211,34 +201,39 @@ class Broadcaster:
         outbox = OutboxRepo(s, self.clock)
         open_chains = self._open_chains(s, {k[1] for k in by_owner}, now)
         at = slot_time(day, slot, self.tz)
+        tasks, calls = [], []  # written together below: a statement per chunk, not per owner
         for (owner, code), modes in by_owner.items():
             store = stores[code]
             entry = self.calendar.day(code, day)[slot]
             ctx = self.calendar.context(store={"code": code, "name": store.name, "benefit": store.benefit or ""},
                                         clerk=owner, day=day, slot=slot, chains=open_chains.get(code, []))
+            rendered = self.calendar.render(entry, ctx)
             report.owners.add(owner)
             if modes["mass"]:
-                rendered = self.calendar.render(entry, ctx)
                 expires = slot_time(day, entry.expires, self.tz) if entry.expires else None
-                _insert_ignore_many(s, BroadcastTask, [dict(day=d, slot=slot, sender=owner, status="creating",
-                                                            created_at=now, expires_at=expires, reminds=[])])
-                fallback = self._reminder_payload(owner, day, slot, entry, ctx,
+                tasks.append(dict(day=d, slot=slot, sender=owner, status="creating", created_at=now,
+                                  expires_at=expires, reminds=[]))
+                fallback = self._reminder_payload(owner, day, slot, entry, rendered.text,
                                                   len(modes["mass"]) + len(modes["reminder"]))
-                outbox.add("add_msg_template", f"gm:{d}:{slot}:{owner}",
-                           {"day": d, "slot": slot, "sender": owner, "chat_ids": modes["mass"],
-                            "text": rendered.text, "attachments": list(rendered.attachments), "fallback": fallback},
-                           deadline=expires or datetime.combine(day + timedelta(days=1), time(0), self.tz))
+                calls.append(outbox.row(
+                    "add_msg_template", f"gm:{d}:{slot}:{owner}",
+                    {"day": d, "slot": slot, "sender": owner, "chat_ids": modes["mass"],
+                     "text": rendered.text, "attachments": list(rendered.attachments), "fallback": fallback},
+                    deadline=expires or datetime.combine(day + timedelta(days=1), time(0), self.tz)))
                 report.mass += len(modes["mass"])
             if modes["reminder"]:
                 # A slot fired ahead of its time (`slot fire` by hand) goes out now, still spread.
                 base = at if now >= at else now
-                outbox.add("slot_reminder", f"rm:{d}:{slot}:{owner}",
-                           self._reminder_payload(owner, day, slot, entry, ctx, len(modes["reminder"])),
-                           not_before=max(now, base + timedelta(seconds=spread_seconds(
-                               owner, self.settings.reminder_spread_seconds))))
+                calls.append(outbox.row(
+                    "slot_reminder", f"rm:{d}:{slot}:{owner}",
+                    self._reminder_payload(owner, day, slot, entry, rendered.text, len(modes["reminder"])),
+                    not_before=max(now, base + timedelta(seconds=spread_seconds(
+                        owner, self.settings.reminder_spread_seconds)))))
                 report.reminders += len(modes["reminder"])
                 report.reminded_owners.add(owner)
             report.groups += len(modes["mass"]) + len(modes["reminder"])
+        insert_ignore_many(s, BroadcastTask, tasks)
+        outbox.add_many(calls)
 
     def _open_chains(self, s: Session, codes: set[str], now: datetime) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = defaultdict(list)
@@ -249,8 +244,8 @@ class Broadcaster:
             out[ch.store_code].append(chain_view(self.chains, ch, self.tz))
         return out
 
-    def _reminder_payload(self, owner: str, day: date, slot: str, entry: Entry, ctx: dict, groups: int) -> dict:
-        first = self.calendar.render(entry, ctx).text.splitlines()
+    def _reminder_payload(self, owner: str, day: date, slot: str, entry: Entry, text: str, groups: int) -> dict:
+        first = text.splitlines()
         preview = (first[0] if first else "")[:60]
         return {"touser": [owner], "msgtype": "textcard", "day": day.isoformat(), "slot": slot,
                 "content": {"title": f"{slot} 群发提醒：{entry.kind_zh}",
@@ -263,7 +258,7 @@ class Broadcaster:
     def pause(self, s: Session, clerk: str, day: date) -> int:
         """Skip the clerk's groups for the rest of the day; the number of deliveries it holds back."""
         now = self.clock.now()
-        _insert_ignore_many(s, BroadcastPause, [dict(day=day.isoformat(), clerk=clerk, created_at=now)])
+        insert_ignore_many(s, BroadcastPause, [dict(day=day.isoformat(), clerk=clerk, created_at=now)])
         return s.scalar(select(func.count()).select_from(SlotDelivery).where(
             SlotDelivery.day == day.isoformat(), SlotDelivery.owner == clerk, SlotDelivery.status == "planned")) or 0
 

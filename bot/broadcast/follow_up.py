@@ -10,12 +10,11 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.broadcast.dispatch import _insert_ignore_many
 from bot.clock import Clock
 from bot.config import BroadcastSettings
 from bot.db.engine import reads_of
 from bot.db.models import BroadcastTask, GroupMsgSeen, GroupReceipt, SlotDelivery
-from bot.outbox import OutboxRepo
+from bot.outbox import OutboxRepo, insert_ignore_many
 from bot.wecom.client import WeComClient, WeComError
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class FollowUp:
             else:
                 waiting += 1
         with self.sessions.begin() as s:
-            _insert_ignore_many(s, GroupReceipt, receipts)
+            insert_ignore_many(s, GroupReceipt, receipts)
             if source == "bot":
                 for chat_id, sent_at in by_status.get(1, []):
                     s.execute(update(SlotDelivery).where(SlotDelivery.msgid == msgid, SlotDelivery.chat_id == chat_id,
@@ -149,7 +148,7 @@ class FollowUp:
                     create_time=datetime.fromtimestamp(int(m["create_time"]), timezone.utc))
                for m in found if int(m.get("create_type", 1)) == 1]
         with self.sessions.begin() as s:
-            _insert_ignore_many(s, GroupMsgSeen, new)
+            insert_ignore_many(s, GroupMsgSeen, new)
         known = {p.msgid for p in pending}
         todo = pending + [GroupMsgSeen(**n) for n in new if n["msgid"] not in known]
         for m in todo:

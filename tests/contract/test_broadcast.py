@@ -143,7 +143,7 @@ def test_a_template_created_before_a_crash_is_adopted_not_created_again(synced):
     at(h, 10)
     run_slot(h.c, "10:00", MONDAY)
     worker = h.c.outbox_worker("dies")
-    worker._settle = lambda row, ex, outcome: None                  # WeCom answered; the process died
+    worker._settle = lambda ran: None                                # WeCom answered; the process died
     while worker.run_once():
         pass
     assert h.backend.calls["externalcontact/add_msg_template"] == 2

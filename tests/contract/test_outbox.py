@@ -4,9 +4,12 @@ import threading
 from datetime import timedelta
 
 from bot import events as ev
+from sqlalchemy import update
+
 from bot.db.claim import claim_due
 from bot.db.models import Event, Outbox
 from bot.inbox import EventDispatcher
+from bot.outbox import Executor, OutboxRepo
 from bot.uow import UnitOfWork
 from tests.contract.helpers import count, outbox, welcomes
 
@@ -121,3 +124,37 @@ def test_an_add_jumps_a_backlog_of_group_events(synced):
     d.run_once()
     assert len(welcomes(h)) == 1
     assert h.c.outbox_worker("o").run_once() == 1 and len(h.backend.welcomes) == 1
+
+
+def test_a_batch_settles_in_one_go_but_row_by_row(harness):
+    """Rows of a batch settle together; a row whose lease another worker took, or whose domain settle
+    fails, is left to run again, and the rest of the batch still settles."""
+    h = harness
+    queue_app_messages(h, 4)
+    stolen, broken = "test:1", "test:2"
+    settled = []
+    send = h.c.executors["send"]
+
+    def send_then_lose_lease(client, row):
+        result = send.send(client, row)
+        if row.key == stolen:  # its lease ran out while WeCom answered; another worker took it
+            with h.c.sessions.begin() as s:
+                s.execute(update(Outbox).where(Outbox.key == stolen).values(claimed_by="other"))
+        return result
+
+    def settle(s, row, outcome, now):
+        settled.append(row.key)
+        OutboxRepo(s, h.clock).add("send", f"after:{row.key}", {})  # a domain write of this settle
+        if row.key == broken:
+            raise RuntimeError("a bug in a settle")
+
+    w = h.c.outbox_worker("w")
+    w.executors = {**w.executors, "send": Executor("send", send_then_lose_lease, send.decide, settle)}
+    w.batch = 4
+    assert w.run_once() == 4
+    rows = {r.key: r for r in outbox(h)}
+    assert len(h.backend.app_messages) == 4
+    assert {k for k, r in rows.items() if r.status == "done"} == {"test:0", "test:3"}
+    assert rows[stolen].status == rows[broken].status == "running" and rows[stolen].claimed_by == "other"
+    assert {k for k in rows if k.startswith("after:")} == {"after:test:0", "after:test:3"}  # theirs rolled back
+    assert settled == ["test:0", "test:1", "test:2", "test:3"]
