@@ -20,6 +20,16 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _day(text: str):
+    """argparse type for --date/--week: a bad date is a usage error (exit 2) naming the option."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected YYYY-MM-DD") from None
+
+
 def _settings(args) -> Settings:
     return load_settings(args.config)
 
@@ -113,19 +123,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from datetime import date
-
     from bot.bootstrap import bootstrap
     from bot.funnel.report import print_report
 
     settings = _settings(args)
     c = bootstrap(settings, migrate=True)
-    try:
-        day = date.fromisoformat(args.date) if args.date else c.clock.now().date()
-    except ValueError:
-        print(f"--date {args.date!r}: expected YYYY-MM-DD", file=sys.stderr)
-        return 2
-    print_report(c, day)
+    print_report(c, args.date or c.clock.now().date())
     c.close()
     return 0
 
@@ -149,7 +152,7 @@ def cmd_qr_check(args) -> int:
 
 def cmd_check(args) -> int:
     """Validate config and calendar (file:line: message, exit 1), then print the week's plan."""
-    from datetime import date, timedelta
+    from datetime import timedelta
     from pathlib import Path
 
     from bot.calendar.calendar import ContentCalendar
@@ -179,13 +182,8 @@ def cmd_check(args) -> int:
             print(line, file=sys.stderr)
         print(f"{len(problems)} problem(s); the bot keeps the last good calendar until they are fixed", file=sys.stderr)
         return 1
-    try:
-        start = date.fromisoformat(args.week) if args.week else None
-    except ValueError:
-        print(f"--week {args.week!r}: expected YYYY-MM-DD", file=sys.stderr)
-        return 2
     from bot.clock import SystemClock
-    start = start or SystemClock(settings.tz).now().date()
+    start = args.week or SystemClock(settings.tz).now().date()
     monday = start - timedelta(days=start.weekday())
     store = next((st for st in settings.stores if st.code == args.store), None)
     print(f"config and calendar OK: {settings.source}, {cal_dir} ({len(calendar.files())} files, "
@@ -199,8 +197,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_slot_fire(args) -> int:
-    from datetime import date
-
     from bot.bootstrap import bootstrap
     from bot.scheduler import run_slot
 
@@ -209,14 +205,9 @@ def cmd_slot_fire(args) -> int:
         print(f"slot {args.slot!r} is not one of broadcast.slots ({', '.join(settings.broadcast.slots)})",
               file=sys.stderr)
         return 2
-    try:
-        day = date.fromisoformat(args.date) if args.date else None
-    except ValueError:
-        print(f"--date {args.date!r}: expected YYYY-MM-DD", file=sys.stderr)
-        return 2
     c = bootstrap(settings, migrate=True)
     try:
-        report = run_slot(c, args.slot, day)
+        report = run_slot(c, args.slot, args.date)
         print(report.summary())
         if not args.no_send:
             sent = drain_outbox(c, wait_seconds=settings.broadcast.reminder_spread_seconds + 15)
@@ -277,19 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     sy.set_defaults(func=cmd_sync)
 
     r = sub.add_parser("report", help="the day's funnel per store, QR findings, welcomes")
-    r.add_argument("--date", default=None, help="YYYY-MM-DD (default today, in the configured zone)")
+    r.add_argument("--date", type=_day, default=None, help="YYYY-MM-DD (default today, in the configured zone)")
     r.set_defaults(func=cmd_report)
 
     ck = sub.add_parser("check", help="validate config and calendar; print the week's plan")
     ck.add_argument("--store", default=None, help="plan for this store (its region and store overrides)")
-    ck.add_argument("--week", default=None, help="a day in the week to show (default this week)")
+    ck.add_argument("--week", type=_day, default=None, help="a day in the week to show (default this week)")
     ck.set_defaults(func=cmd_check)
 
     sl = sub.add_parser("slot", help="broadcast slots")
     sls = sl.add_subparsers(dest="slot_command", required=True)
     sf = sls.add_parser("fire", help="fire one slot now; idempotent per (date, slot, group)")
     sf.add_argument("slot", metavar="HH:MM")
-    sf.add_argument("--date", default=None, help="YYYY-MM-DD (default today)")
+    sf.add_argument("--date", type=_day, default=None, help="YYYY-MM-DD (default today)")
     sf.add_argument("--no-send", action="store_true", help="plan and queue only; serve's workers send")
     sf.set_defaults(func=cmd_slot_fire)
 

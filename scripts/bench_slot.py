@@ -20,19 +20,20 @@ import math
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import httpx  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
-from benchlib import PG_URL, free_port, wait_http  # noqa: E402
+from benchlib import free_port, fresh_database, wait_http  # noqa: E402
 from bot.sandbox.seed import new_corp  # noqa: E402
 
 STORES, GROUPS = 4800, 25000
@@ -93,17 +94,8 @@ def main() -> None:
     sandbox = subprocess.Popen([sys.executable, __file__, "--child", str(port), json.dumps(corp.__dict__),
                                 str(args.limit)], env=env)
     tmp = tempfile.mkdtemp(prefix="bench-slot-")
-    admin = schema = None
     workers: list[subprocess.Popen] = []
-    if args.db == "sqlite":
-        db_url = f"sqlite:///{tmp}/bench.db"
-    else:
-        schema = f"bench_{os.getpid()}"
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        db_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    db_url, drop_database = fresh_database(args.db, Path(tmp))
     try:
         wait_http(f"http://127.0.0.1:{port}/_sandbox/state", timeout=120)
         base = f"http://127.0.0.1:{port}"
@@ -183,9 +175,8 @@ def main() -> None:
             w.wait(10)
         sandbox.terminate()
         sandbox.wait(10)
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        drop_database()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,19 +75,28 @@ class Services:
                               stdout=subprocess.DEVNULL, **kw)
 
 
+def fresh_database(db: str, tmp: Path) -> tuple[str, Callable[[], None]]:
+    """A new SQLite file under `tmp`, or a new PostgreSQL schema: its URL and how to drop it."""
+    if db == "sqlite":
+        return f"sqlite:///{tmp / 'bench.db'}", lambda: None
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
+
+
 @contextmanager
 def sandbox_and_bot(db: str):
     """`wecom-bot sandbox` and `wecom-bot serve` (role all) as processes, on a fresh database."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    admin = schema = None
-    if db == "sqlite":
-        db_url = f"sqlite:///{tmp / 'bench.db'}"
-    else:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))
-        db_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    db_url, drop_database = fresh_database(db, tmp)
     corp = new_corp()
     sandbox_port, bot_port = free_port(), free_port()
     cfg = tmp / "config.yaml"
@@ -108,9 +118,7 @@ def sandbox_and_bot(db: str):
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if admin is not None:
-            with admin.connect() as c:
-                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        drop_database()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

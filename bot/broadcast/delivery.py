@@ -9,7 +9,7 @@ import mimetypes
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from bot.calendar.calendar import ContentCalendar
 from bot.db.models import BroadcastTask, Outbox, SlotDelivery

@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from bot.calendar.files import CalendarFile, Problem, read
+from bot.calendar.files import CalendarFile, Problem, read, template_env
 from bot.text import truncate_utf8
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,7 @@ class ContentCalendar:
         self.dir = Path(calendar_dir)
         self.slots = list(slots)
         self.store_codes = set(store_codes)
-        self.env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(self.dir / "templates"),
-                                        jinja2.PackageLoader("bot", "templates")]),
-            undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-            auto_reload=True)
+        self.env = template_env(self.dir)
         self.snapshot = Snapshot()
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []   # worth fixing, but the calendar still runs (a store file for a closed store)

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import jsonschema
 import yaml
 
@@ -184,3 +185,13 @@ def _name_hint(err: jsonschema.ValidationError) -> str:
     if err.validator == "pattern":
         return "not a date YYYY-MM-DD"
     return err.message
+
+
+def template_env(calendar_dir: Path) -> jinja2.Environment:
+    """Templates for the calendar and the welcome: the calendar's `templates/`, then the built-in
+    ones. Strict: a misspelt variable is an error `check` reports, not an empty string in a group."""
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(Path(calendar_dir) / "templates"),
+                                    jinja2.PackageLoader("bot", "templates")]),
+        undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+        auto_reload=True)

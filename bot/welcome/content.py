@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from bot.calendar.files import template_env
 from bot.text import truncate_utf8
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,7 @@ class RenderedWelcome:
 class WelcomeContent:
     def __init__(self, calendar_dir: Path):
         self.dir = Path(calendar_dir)
-        self.env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(self.dir / "templates"),
-                                        jinja2.PackageLoader("bot", "templates")]),
-            undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-            auto_reload=True)
+        self.env = template_env(self.dir)
         self._stamp: tuple = ()
         self._default: dict[str, Any] = dict(DEFAULTS)
         self._stores: dict[str, dict[str, Any]] = {}

@@ -4,7 +4,6 @@ at a phone viewport, with JavaScript on and off. Skips without Chromium, fails u
 import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
