@@ -8,35 +8,31 @@ import time
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.bootstrap import Container
 from bot.broadcast.sidebar import sidebar_router
 from bot.chains.routes import chain_router
+from bot.logs import RateLimitedLog
+from bot.web import BodyRejected, SecurityHeaders, read_capped
 from bot.wecom.callback import CallbackRejected
 
 log = logging.getLogger(__name__)
 
 
-async def read_capped(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise CallbackRejected(413, f"body over {cap} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise CallbackRejected(413, f"body over {cap} bytes")
-    return bytes(body)
-
-
 def create_app(c: Container) -> FastAPI:
     app = FastAPI(title="wecom-bot", docs_url=None, redoc_url=None)
     app.state.container = c
+    app.add_middleware(SecurityHeaders)     # nosniff, no-referrer; a CSP on every HTML page
+    # The pages' scripts: a file, not inline, so the CSP can forbid inline script outright.
+    app.mount("/static", StaticFiles(packages=[("bot", "static")]), name="static")
+
+    rejections = RateLimitedLog(log, per_minute=20)   # a garbage flood must not flood the log
 
     def rejected(e: CallbackRejected) -> Response:
         c.metrics.callbacks.labels(f"rejected_{e.status}").inc()
-        log.warning("callback rejected %s: %s", e.status, e.reason)
+        rejections.warning("callback rejected %s: %s", e.status, e.reason)
         return PlainTextResponse(e.reason, status_code=e.status)
 
     @app.get("/wecom/callback")
@@ -52,6 +48,8 @@ def create_app(c: Container) -> FastAPI:
         try:
             body = await read_capped(request, c.verifier.max_body)
             inbound = c.verifier.open(msg_signature, timestamp, nonce, body)
+        except BodyRejected as e:
+            return rejected(CallbackRejected(e.status, e.reason))
         except CallbackRejected as e:
             return rejected(e)
         created = await c.recorder.record(inbound)

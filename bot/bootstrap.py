@@ -1,118 +1,121 @@
-"""The one place that wires real adapters: engine, sessions, clock, client, handlers, workers."""
+"""The one place that wires real adapters: engine, sessions, clock, client, workers, and the domain
+modules' HANDLERS (event → handlers) and EXECUTORS (outbox kind → executor factory), merged here.
+Every handler's and executor factory's arguments are resolved by name once, when the container is
+built: a misnamed dependency fails at start-up, not in a worker at 10:00."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from bot import events as ev
-from bot.clock import Clock, SystemClock
-from bot.config import Settings
-from bot.db.engine import make_engine, make_session_factory
-from bot.db.migrate import upgrade
-from bot.inbox import EventDispatcher, EventRecorder
-from bot.media import MediaLibrary
-from bot.metrics import Metrics
-from bot.outbox import Executor, Outbox, Outcome, OutboxWorker
-from bot.provisioning import Provisioner
-from bot.welcome.content import WelcomeContent
-import hashlib
-
-from bot.broadcast.delivery import cancel_executor, mass_executor, remind_executor, reminder_executor
+from bot.broadcast import executors as broadcast_executors
 from bot.broadcast.dispatch import Broadcaster
 from bot.broadcast.follow_up import FollowUp
 from bot.broadcast.sidebar import SidebarLinks
 from bot.calendar.calendar import ContentCalendar
 from bot.chains.batcher import OrderBatcher
 from bot.chains.service import Chains
-from bot.commands.broadcast import router as broadcast_commands
-from bot.commands.chains import router as chain_commands
-from bot.commands.funnel import router as funnel_commands
-from bot.commands.router import CommandRouter, on_clerk_text
-from bot.funnel import facts
-from bot.funnel.attribution import groupchat_get_executor
-from bot.funnel.qr_health import QrHealth, on_contact_added_check
-from bot.welcome.handlers import on_contact_added
-from bot.welcome.sender import welcome_executor
+from bot.clock import Clock, SystemClock
+from bot.commands import handlers as command_handlers
+from bot.config import Settings
+from bot.db.engine import make_engine, make_session_factory
+from bot.db.migrate import upgrade
+from bot.funnel import executors as funnel_executors
+from bot.funnel import handlers as funnel_handlers
+from bot.funnel.findings import QrHealth
+from bot.links import LinkSigner
+from bot.media import MediaLibrary
+from bot.messaging import app_messages
+from bot.messaging.inbox import EventDispatcher, EventRecorder, wanted_args
+from bot.messaging.outbox import Executor, Outbox, Outcome, OutboxWorker
+from bot.messaging.worker import Doorbell, WorkerPool, worker_id
+from bot.metrics import Metrics
+from bot.provisioning import Provisioner
+from bot.provisioning.checks import check_wecom_side
+from bot.welcome import executors as welcome_executors
+from bot.welcome import handlers as welcome_handlers
+from bot.welcome.content import WelcomeContent
 from bot.wecom.callback import CallbackVerifier
 from bot.wecom.client import WeComClient
 from bot.wecom.token_store import SqlTokenStore, TokenStore
-from bot.worker import Doorbell, WorkerPool, worker_id
 
 log = logging.getLogger(__name__)
 
-# Domain event → handlers. Later capabilities (funnel, commands, chains) add theirs here.
-HANDLERS: dict[type, list] = {
-    ev.ContactAdded: [on_contact_added, facts.on_contact_added, on_contact_added_check],
-    ev.FollowUserDeleted: [facts.on_follow_user_deleted],
-    ev.GroupChatChanged: [facts.on_group_chat_changed],
-    ev.ClerkTextReceived: [on_clerk_text],
-}
+# In this order: for an add, the welcome is queued before the funnel's work (its 20 s run first).
+HANDLER_MAPS = (welcome_handlers.HANDLERS, funnel_handlers.HANDLERS, command_handlers.HANDLERS)
+EXECUTOR_MAPS = (welcome_executors.EXECUTORS, funnel_executors.EXECUTORS, broadcast_executors.EXECUTORS,
+                 app_messages.EXECUTORS)
 
 
-def command_router() -> CommandRouter:
-    """Every clerk command; later capabilities include their routers here."""
-    router = CommandRouter()
-    router.include(funnel_commands)
-    router.include(chain_commands)
-    router.include(broadcast_commands)
-    return router
+def merge_handlers(*maps: Mapping[type, list]) -> dict[type, list]:
+    merged: dict[type, list] = {}
+    for m in maps:
+        for event_type, handlers in m.items():
+            merged.setdefault(event_type, []).extend(handlers)
+    return merged
 
 
-def app_message_executor() -> Executor:
-    """message/send to clerks. enable_duplicate_check makes a crash-repeated send harmless."""
+def build_executors(maps: tuple[Mapping[str, Callable[..., Executor]], ...], deps: dict) -> dict[str, Executor]:
+    """Call each kind's factory with the dependencies it names; a kind declared twice is an error."""
+    out: dict[str, Executor] = {}
+    for m in maps:
+        for kind, factory in m.items():
+            if kind in out:
+                raise ValueError(f"outbox kind {kind!r} has two executors")
+            out[kind] = factory(**{n: deps[n] for n in wanted_args(factory, set(deps))})
+    return out
 
-    def send(client: WeComClient, row: Outbox) -> dict:
-        body = {"touser": "|".join(row.payload["touser"]), "agentid": client.agent_id,
-                "msgtype": row.payload["msgtype"], row.payload["msgtype"]: row.payload["content"],
-                "enable_duplicate_check": 1, "duplicate_check_interval": 1800}
-        return client.post("message/send", data=body)
 
-    return Executor("send", send)
-
-
-@dataclass
 class Container:
-    settings: Settings
-    clock: Clock
-    engine: Engine
-    sessions: sessionmaker[Session]
-    client: WeComClient
-    verifier: CallbackVerifier
-    content: WelcomeContent
-    media: MediaLibrary
-    metrics: Metrics
-    doorbell: Doorbell = field(default_factory=Doorbell)
-    executors: dict[str, Executor] = field(default_factory=dict)
-    workers: WorkerPool | None = None
-    recorder: EventRecorder | None = None
-    qr_health: QrHealth | None = None
-    commands: CommandRouter | None = None
-    chains: Chains | None = None
-    order_batcher: OrderBatcher | None = None
-    calendar: ContentCalendar | None = None
-    sidebar_links: SidebarLinks | None = None
-    broadcaster: Broadcaster | None = None
+    """Everything a process of the bot holds, built in one go."""
 
-    def __post_init__(self) -> None:
-        self.recorder = EventRecorder(self.sessions, self.clock, on_stored=self.doorbell.ring)
-        self.qr_health = QrHealth(self.clock, self.settings.qr_health)
-        self.commands = command_router()
-        # signs clerks' CSV links; derived from secrets only the bot has
-        key = hashlib.sha256(b"csv:" + self.settings.wecom.secret.get_secret_value().encode()
-                             + self.settings.admin_token.get_secret_value().encode()).digest()
-        self.chains = Chains(self.settings.public_base_url, key, self.clock)
-        self.order_batcher = OrderBatcher(self.sessions, self.chains, on_notified=self.doorbell.ring)
-        st = self.settings
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None,
+                 token_store: TokenStore | None = None):
+        st = self.settings = settings
+        self.clock = clock = clock or SystemClock(st.tz)
+        self.engine = engine or make_engine(st.resolved_database_url)
+        self.sessions = sessions = make_session_factory(self.engine)
+        self.metrics = Metrics()
+        w = st.wecom
+        self.client = WeComClient(w.corp_id, w.secret.get_secret_value(), agent_id=w.agent_id,
+                                  api_base_url=w.api_base_url,
+                                  token_store=token_store or SqlTokenStore(sessions, clock), clock=clock,
+                                  timeout=w.timeout_seconds, max_attempts=w.max_attempts,
+                                  on_call=self.metrics.on_wecom_call, calls_per_minute=w.calls_per_minute)
+        self.verifier = CallbackVerifier(token=w.token.get_secret_value(),
+                                         encoding_aes_key=w.encoding_aes_key.get_secret_value(), corp_id=w.corp_id,
+                                         clock=clock, max_skew_seconds=st.callback.max_clock_skew_seconds,
+                                         max_body_bytes=st.callback.max_body_bytes)
+        self.content = WelcomeContent(Path(st.path(st.calendar_dir)))
+        self.media = MediaLibrary(sessions, self.client, clock)
+        self.doorbell = Doorbell()
+        self.workers: WorkerPool | None = None   # only in processes that run workers (start_workers)
+        self.recorder = EventRecorder(sessions, clock, on_stored=self.doorbell.ring)
+        self.qr_health = QrHealth(clock, st.qr_health)
+        self.commands = command_handlers.command_router()
+        # every signed link (sidebar, CSV, later /q and admin): admin_token signs, link_keys still verify
+        self.links = LinkSigner.from_settings(st, clock)
+        self.chains = Chains(st.public_base_url, self.links, clock, st.pages.csv_link_days)
+        self.order_batcher = OrderBatcher(sessions, self.chains, on_notified=self.doorbell.ring)
         self.calendar = ContentCalendar(st.path(st.calendar_dir), slots=st.broadcast.slots,
                                         store_codes=[x.code for x in st.stores])
-        self.sidebar_links = SidebarLinks(st.public_base_url, hashlib.sha256(b"sidebar:" + key).digest())
-        self.broadcaster = Broadcaster(self.sessions, self.clock, self.calendar, st.broadcast, self.chains,
+        self.sidebar_links = SidebarLinks(st.public_base_url, self.links, st.tz, st.pages.sidebar_link_grace_hours)
+        self.broadcaster = Broadcaster(sessions, clock, self.calendar, st.broadcast, self.chains,
                                        self.sidebar_links.link)
+        self.handlers = merge_handlers(*HANDLER_MAPS)
+        self.handler_deps = {
+            "welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
+            "command_deps": {"tz": st.tz, "chains": self.chains, "broadcaster": self.broadcaster,
+                             "sidebar_links": self.sidebar_links}}
+        self.executors = build_executors(EXECUTOR_MAPS, {
+            "sessions": sessions, "media": self.media, "welcome_content": self.content,
+            "calendar": self.calendar, "qr_health": self.qr_health})
+        # every handler's and command's arguments resolved now: a misnamed one fails at start-up
+        self.dispatcher()
+        self.commands.check(set(self.handler_deps["command_deps"]))
 
     def follow_up(self) -> FollowUp:
         return FollowUp(self.sessions, self.client, self.clock, self.settings.broadcast)
@@ -121,10 +124,7 @@ class Container:
         upgrade(self.engine)
 
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
-        deps = {"welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
-                "command_deps": {"tz": self.settings.tz, "chains": self.chains, "broadcaster": self.broadcaster,
-                                 "sidebar_links": self.sidebar_links}}
-        return EventDispatcher(self.sessions, self.clock, HANDLERS, deps,
+        return EventDispatcher(self.sessions, self.clock, self.handlers, self.handler_deps,
                                owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
 
     def outbox_worker(self, name: str = "outbox") -> OutboxWorker:
@@ -136,6 +136,11 @@ class Container:
 
     def provisioner(self) -> Provisioner:
         return Provisioner(self.sessions, self.client, self.clock, self.media)
+
+    def check_qr(self, store_codes: list[str] | None = None) -> dict[str, int]:
+        """One QR-health pass (the 5-minute job and `wecom-bot qr check`)."""
+        return check_wecom_side(self.sessions, self.client, self.clock, self.qr_health, self.provisioner(),
+                                store_codes)
 
     def start_workers(self, outbox_threads: int | None = None, dispatch_threads: int = 2) -> WorkerPool:
         pool = WorkerPool(self.doorbell, self.settings.worker.poll_seconds)
@@ -164,28 +169,7 @@ class Container:
 
 def bootstrap(settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None,
               token_store: TokenStore | None = None, migrate: bool = False) -> Container:
-    clock = clock or SystemClock(settings.tz)
-    engine = engine or make_engine(settings.resolved_database_url)
-    sessions = make_session_factory(engine)
-    metrics = Metrics()
-    w = settings.wecom
-    client = WeComClient(w.corp_id, w.secret.get_secret_value(), agent_id=w.agent_id, api_base_url=w.api_base_url,
-                         token_store=token_store or SqlTokenStore(sessions, clock), clock=clock,
-                         timeout=w.timeout_seconds, max_attempts=w.max_attempts, on_call=metrics.on_wecom_call,
-                         calls_per_minute=w.calls_per_minute)
-    verifier = CallbackVerifier(token=w.token.get_secret_value(), encoding_aes_key=w.encoding_aes_key.get_secret_value(),
-                                corp_id=w.corp_id, clock=clock,
-                                max_skew_seconds=settings.callback.max_clock_skew_seconds,
-                                max_body_bytes=settings.callback.max_body_bytes)
-    content = WelcomeContent(Path(settings.path(settings.calendar_dir)))
-    media = MediaLibrary(sessions, client, clock)
-    c = Container(settings, clock, engine, sessions, client, verifier, content, media, metrics)
-    app_messages = app_message_executor()
-    c.executors = {"send_welcome_msg": welcome_executor(sessions, media, content), "send": app_messages,
-                   "groupchat_get": groupchat_get_executor(c.qr_health.on_joins),
-                   "add_msg_template": mass_executor(media, c.calendar),
-                   "slot_reminder": reminder_executor(app_messages.send),
-                   "remind_groupmsg_send": remind_executor(), "cancel_groupmsg_send": cancel_executor()}
+    c = Container(settings, clock=clock, engine=engine, token_store=token_store)
     if migrate:
         c.migrate()
     return c

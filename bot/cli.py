@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
 from urllib.parse import urlparse
 
-from bot.config import PLACEHOLDER_ADMIN_TOKEN, ConfigError, Settings, load_settings
+from bot.config import CONFIG_ENV, PLACEHOLDER_ADMIN_TOKEN, ConfigError, Settings, load_settings
 
 log = logging.getLogger("bot")
 
@@ -30,8 +31,30 @@ def _day(text: str):
         raise argparse.ArgumentTypeError(f"{text!r}: expected YYYY-MM-DD") from None
 
 
+class Refused(Exception):
+    """The command will not run with this configuration (exit 1, the message on stderr)."""
+
+
+def mints_links(cmd):
+    """Marks a command that mints signed links or sends messages carrying them (sidebar, chain, CSV):
+    the signing key is derived from admin_token, so under the placeholder it would send links that a
+    correctly configured `serve` rejects. `_settings` refuses it, for every command so marked."""
+    cmd.mints_links = True
+    return cmd
+
+
+def _config_path(args) -> str:
+    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or "config.yaml"
+
+
 def _settings(args) -> Settings:
-    return load_settings(args.config)
+    settings = load_settings(_config_path(args))
+    if getattr(args.func, "mints_links", False) and settings.admin_token.get_secret_value() == PLACEHOLDER_ADMIN_TOKEN:
+        command = args.func.__name__.removeprefix("cmd_").replace("_", " ")
+        raise Refused(f"{settings.source}: admin_token: still the placeholder {PLACEHOLDER_ADMIN_TOKEN!r}; set a real "
+                      f"one (or WECOM_BOT_ADMIN_TOKEN) before `{command}`: the links it sends are signed with a key "
+                      "derived from it")
+    return settings
 
 
 def cmd_db_upgrade(args) -> int:
@@ -67,17 +90,15 @@ def cmd_sync(args) -> int:
     return 1 if report.failed else 0
 
 
+@mints_links
 def cmd_serve(args) -> int:
     from bot.app import create_app
     from bot.bootstrap import bootstrap
     from bot.scheduler import Scheduler
+    from bot.web import server_options
     import uvicorn
 
     settings = _settings(args)
-    if settings.admin_token.get_secret_value() == PLACEHOLDER_ADMIN_TOKEN:
-        print(f"{settings.source}: admin_token: still the placeholder {PLACEHOLDER_ADMIN_TOKEN!r}; set a real one "
-              "(or WECOM_BOT_ADMIN_TOKEN) before serving", file=sys.stderr)
-        return 1
     c = bootstrap(settings, migrate=True)
     scheduler = None
     if args.role in ("all", "worker"):
@@ -92,7 +113,8 @@ def cmd_serve(args) -> int:
             # full passes, which otherwise stall every request now and then.
             gc.collect()
             gc.freeze()
-            uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+            uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False,
+                        **server_options(settings))
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -124,28 +146,28 @@ def cmd_demo(args) -> int:
 
 def cmd_report(args) -> int:
     from bot.bootstrap import bootstrap
-    from bot.funnel.report import print_report
+    from bot.report import print_report
 
     settings = _settings(args)
     c = bootstrap(settings, migrate=True)
-    print_report(c, args.date or c.clock.now().date())
+    print_report(c.sessions, settings.tz, args.date or c.clock.now().date())
     c.close()
     return 0
 
 
+@mints_links  # it delivers the outbox, whose messages carry links
 def cmd_qr_check(args) -> int:
     from bot.bootstrap import bootstrap
-    from bot.funnel.qr_health import check_wecom_side
 
     c = bootstrap(_settings(args), migrate=True)
-    counts = check_wecom_side(c)
+    counts = c.check_qr()
     sent = c.outbox_worker("qr-check")
     while sent.run_once():  # deliver the alerts now; serve's workers would otherwise
         pass
     print(f"{counts['stores']} stores checked: {counts['opened']} new findings, {counts['resolved']} cleared, "
           f"{counts['repaired']} repaired")
-    from bot.funnel.report import print_findings
-    print_findings(c)
+    from bot.report import print_findings
+    print_findings(c.sessions, c.settings.tz)
     c.close()
     return 0
 
@@ -196,6 +218,7 @@ def cmd_check(args) -> int:
     return 0
 
 
+@mints_links  # sidebar links in the owners' reminders, even with --no-send (queued now, sent later)
 def cmd_slot_fire(args) -> int:
     from bot.bootstrap import bootstrap
     from bot.scheduler import run_slot
@@ -239,10 +262,21 @@ def drain_outbox(c, wait_seconds: float) -> int:
         c.clock.sleep(0.5)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every command and subcommand takes --config and -v where the user types them (`wecom-bot serve
+    --config X`, `wecom-bot --config X serve`, `slot fire 10:00 --config X`): subparsers are built of this
+    class too (add_subparsers' default), and SUPPRESS keeps a level that was not given from overwriting
+    one that was, so the subcommand's value wins only when given."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", default=argparse.SUPPRESS,
+                          help=f"config file (default: ${CONFIG_ENV}, else ./config.yaml)")
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wecom-bot", description="WeCom community-operations bot")
-    p.add_argument("--config", default="config.yaml", help="config file (default ./config.yaml)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    p = _Parser(prog="wecom-bot", description="WeCom community-operations bot")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="bot + bundled WeCom sandbox on loopback, a simulated burst of members")
@@ -298,11 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"configuration error:\n{e}", file=sys.stderr)
         return 2
+    except Refused as e:
+        print(e, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

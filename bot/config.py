@@ -1,21 +1,32 @@
 """config.yaml, overridden by WECOM_BOT_<SECTION>__<KEY> environment variables (DESIGN §3).
 
-Errors name the key and the file. Secrets are SecretStr: they never reach a log or a repr.
+The file is YAML; a variable is read as its key's declared type (pydantic-settings' EnvSettingsSource):
+a string stays the exact string (`s3cr3t #2024`, `0123456`), numbers and booleans are parsed as such,
+lists and mappings are JSON. A WECOM_BOT_ variable that names no key is logged and ignored; an
+unknown key in the file is an error. Errors name the key, the file and the variable. Secrets are
+SecretStr: they never reach a log, a repr or an error.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "WECOM_BOT_"
+CONFIG_ENV = "WECOM_BOT_CONFIG"   # names the config file (the CLI reads it), not a key in it
 PLACEHOLDER_ADMIN_TOKEN = "change-me"
 
 
@@ -73,7 +84,7 @@ class BroadcastSettings(_Strict):
 class QrHealthSettings(_Strict):
     window_minutes: int = 120
     min_adds: int = 8
-    alpha: float = 0.001  # chance a healthy store is flagged on a given day (see qr_health.stalled_verdict)
+    alpha: float = 0.001  # chance a healthy store is flagged on a given day (see bot.funnel.stalled)
     min_rate: float = 0.2
     grace_minutes: float = 5.0  # an add younger than this has not had its chance to join yet
 
@@ -89,6 +100,17 @@ class WorkerSettings(_Strict):
     lease_seconds: int = 30
 
 
+class PageSettings(_Strict):
+    """Limits of the public member pages (chain sign-ups, later the group-QR page). A whole group's
+    members often share one carrier-NAT address, so the per-address limit is loose and the tight one
+    is per (address, buyer)."""
+    max_body_bytes: int = 8 * 1024               # an order or a report; 413 past it, read while streaming
+    orders_per_buyer_per_minute: int = 6         # per (client address, name + phone tail); 0 = no limit
+    orders_per_address_per_minute: int = 300     # per client address, all buyers together; 0 = no limit
+    sidebar_link_grace_hours: int = 6            # a slot's sidebar link works until the end of its day + this
+    csv_link_days: int = 7                       # the pick-list CSV link in a clerk's message
+
+
 class Store(_Strict):
     code: str = Field(min_length=1, max_length=30)  # the `state` on both QR codes: ≤ 30 chars
     name: str
@@ -96,7 +118,9 @@ class Store(_Strict):
     benefit: str | None = None
 
 
-class Settings(_Strict):
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__")
+
     timezone: str = "Asia/Shanghai"
     database_url: str = "sqlite:///var/wecom-bot.db"
     public_base_url: str = "http://127.0.0.1:8000"
@@ -107,11 +131,22 @@ class Settings(_Strict):
     qr_health: QrHealthSettings = QrHealthSettings()
     callback: CallbackSettings = CallbackSettings()
     worker: WorkerSettings = WorkerSettings()
+    pages: PageSettings = PageSettings()
+    link_keys: list[SecretStr] = []     # earlier admin_tokens: links they signed still verify (rotation)
+    trusted_proxies: list[str] = []     # addresses (or CIDR networks) whose X-Forwarded-For is believed
+    retention_days: int = Field(default=90, ge=7)  # events, outbox rows, deliveries, members' order details
     stores: list[Store] = []
     stores_file: str | None = None
 
     # Where this came from, to resolve relative paths and to name in errors.
     source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """`Settings(...)` takes only what it is given: load_settings reads the file and the environment
+        (the environment it is handed, so tests and tools stay hermetic)."""
+        return (init_settings,)
 
     @field_validator("timezone")
     @classmethod
@@ -143,39 +178,87 @@ class Settings(_Strict):
         return f"sqlite:///{p}" if p else self.database_url
 
 
-def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
-    """WECOM_BOT_WECOM__SECRET=x sets raw['wecom']['secret']; returns the keys set."""
-    applied = []
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name.removeprefix(ENV_PREFIX).split("__")]
-        if not all(parts):
-            continue
-        node = raw
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        # YAML-parse the value so numbers, lists and booleans arrive typed.
-        try:
-            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            node[parts[-1]] = value
-        applied.append(".".join(parts))
-    return applied
+class _EnvironSource(EnvSettingsSource):
+    """pydantic-settings' environment source over the mapping load_settings was given, not os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _format_error(err: ValidationError, where: str) -> str:
+def env_keys(model: type[BaseModel], prefix: str = ENV_PREFIX, path: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """Every variable that names a key, with the key: WECOM_BOT_WECOM → (wecom,), WECOM_BOT_WECOM__SECRET →
+    (wecom, secret), WECOM_BOT_LINK_KEYS → (link_keys,) (a JSON list)."""
+    out = {}
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # `source`: where the file was, not a setting
+        var, key = f"{prefix}{name.upper()}", path + (name,)
+        out[var] = key
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out |= env_keys(field.annotation, var + "__", key)
+    return out
+
+
+def env_values(settings_cls: type[BaseSettings], environ: Mapping[str, str], where: str = "environment"
+               ) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The WECOM_BOT_ variables that name keys, as nested values (strings as given, lists and mappings
+    decoded from JSON; pydantic coerces each to its key's type), and which variable set which key.
+    Others are logged by name and ignored: the tests' WECOM_BOT_TEST_PG_URL is no business of ours."""
+    known = env_keys(settings_cls)
+    given = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) and k != CONFIG_ENV}
+    for name in sorted(set(given) - set(known)):
+        log.warning("%s names no configuration key; ignored", name)
+    used = {k: v for k, v in given.items() if k in known}
+    try:
+        values = _EnvironSource(settings_cls, used)()
+    except SettingsError:
+        bad = []
+        for k, v in used.items():
+            try:
+                _EnvironSource(settings_cls, {k: v})()
+            except SettingsError:
+                bad.append(k)
+        raise ConfigError("\n".join(
+            f"{where} (with {k}): {'.'.join(known[k])}: not valid JSON (lists and mappings are given as JSON: "
+            f"[\"10:00\", \"16:00\"], {{\"min_adds\": 5}})" for k in bad or used)) from None
+    return values, {known[k]: k for k in used}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class _Origin:
+    """Names where a key came from: the file, or the file and the variable that set it."""
+
+    def __init__(self, path: Path, by_env: dict[tuple, str]):
+        self.path, self.by_env = path, by_env
+
+    def __call__(self, loc: tuple = ()) -> str:
+        for n in range(len(loc), 0, -1):
+            var = self.by_env.get(tuple(loc[:n]))
+            if var:
+                return f"{self.path} (with {var})"
+        return str(self.path)
+
+
+def _format_error(err: ValidationError, origin: _Origin) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"]   # never str(err): pydantic's own text echoes the input, and the input may be a secret
         if e["type"] == "missing":
             msg = "missing required key"
         elif e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{where}: {key}: {msg}")
+        lines.append(f"{origin(tuple(e['loc']))}: {key}: {msg}")
     return "\n".join(lines)
 
 
@@ -193,11 +276,11 @@ def load_stores_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_settings(path: str | Path = "config.yaml", environ: dict[str, str] | None = None) -> Settings:
+def load_settings(path: str | Path = "config.yaml", environ: Mapping[str, str] | None = None) -> Settings:
     path = Path(path)
     environ = dict(os.environ if environ is None else environ)
     if not path.exists():
-        raise ConfigError(f"{path}: config file not found (pass --config PATH)")
+        raise ConfigError(f"{path}: config file not found (pass --config PATH or set {CONFIG_ENV})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -206,21 +289,21 @@ def load_settings(path: str | Path = "config.yaml", environ: dict[str, str] | No
         raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    env_keys = _apply_env(raw, environ)
-    where = str(path) + (f" (with {', '.join(ENV_PREFIX + k.upper().replace('.', '__') for k in env_keys)})"
-                         if env_keys else "")
+    from_env, by_env = env_values(Settings, environ, where=str(path))
+    raw = _merge(raw, from_env)
+    origin = _Origin(path, by_env)
     stores_file = raw.get("stores_file")
     if stores_file:
         if raw.get("stores"):
-            raise ConfigError(f"{where}: stores: give either stores or stores_file, not both")
+            raise ConfigError(f"{origin(('stores',))}: stores: give either stores or stores_file, not both")
         raw["stores"] = load_stores_file((path.parent / stores_file).resolve())
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, where)) from None
+        raise ConfigError(_format_error(e, origin)) from None
     settings.source = path.resolve()
     codes = [s.code for s in settings.stores]
     dupes = sorted({c for c in codes if codes.count(c) > 1})
     if dupes:
-        raise ConfigError(f"{where}: stores: duplicate store code {', '.join(dupes)}")
+        raise ConfigError(f"{origin(('stores',))}: stores: duplicate store code {', '.join(dupes)}")
     return settings

@@ -3,21 +3,26 @@
 
 from __future__ import annotations
 
-
+import re
+import secrets
 import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from sqlalchemy import func, select
 
+from bot.broadcast.report import slot_figures
 from bot.db.engine import reads_of
 from bot.db.models import Chain, ChainOrder, Event, Outbox, Welcome
-from bot.funnel.report import print_report
+from bot.report import print_report
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.errors import SandboxError
 from bot.sandbox.harness import Harness
+from bot.scheduler import follow_up_broadcasts, run_slot
 
 DEMO_STORES = [
     {"code": "SZ001", "name": "深圳科技园店", "clerks": ["zhangsan"]},
@@ -141,11 +146,7 @@ def _no_code(backend: WeComBackend) -> int:
 
 def _chain_race(h: Harness, stock: int = 50, crowd: int = 150) -> str:
     """A clerk opens a chain by chat command; a crowd races for it through the page API."""
-    import re
-    import secrets
-    from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
 
     c, driver, backend = h.c, h.driver, h.backend
     print(f"\n3b. 小张 opens a group-buy by chat: 开团 阳光玫瑰葡萄 39.9元 {stock}份 每人限2 截止明天18:00")
@@ -185,9 +186,7 @@ def _chain_race(h: Harness, stock: int = 50, crowd: int = 150) -> str:
 
 def _slots(h: Harness) -> str:
     """The day's four slots, fired one after the other (the demo's day is compressed)."""
-    import httpx
 
-    from bot.scheduler import follow_up_broadcasts, run_slot
 
     c, backend = h.c, h.backend
     today = c.clock.now().date()
@@ -212,7 +211,6 @@ def _slots(h: Harness) -> str:
     follow_up_broadcasts(c)
     _drain(c)
     with reads_of(c.sessions)() as s:
-        from bot.broadcast.report import slot_figures
         figures = slot_figures(s, today)
     mass = sum(f.mass for f in figures)
     return (f"  broadcasts                {sum(f.groups for f in figures)} group-slots fired: {mass} by mass message "
@@ -259,7 +257,7 @@ def _summary(c, backend: WeComBackend, deliveries, dup_statuses, seconds: float)
           "  ← no_code: the clerk has a console welcome set, so WeCom issues no welcome code")
     print(f"  failed                    {status.get('failed', 0)}")
     print()
-    print_report(c, c.clock.now().date())
+    print_report(c.sessions, c.settings.tz, c.clock.now().date())
 
 
 def _chats(backend: WeComBackend, state: str) -> set[str]:

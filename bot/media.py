@@ -3,10 +3,14 @@ again after 2.5 days, or when what it shows changed (the source)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import mimetypes
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,3 +75,37 @@ class MediaLibrary:
         with self.sessions.begin() as s:
             if row := s.get(MediaCache, key):
                 s.delete(row)
+
+
+class AttachmentFiles(Protocol):
+    """Where an attachment's relative path is read from (the content calendar, the welcome)."""
+    def attachment_path(self, relative: str) -> Path: ...
+
+
+def media_key(relative: str) -> str:
+    return f"cal:{relative}"
+
+
+def attachment_body(att: dict, media: MediaLibrary, files: AttachmentFiles) -> dict:
+    """A calendar or welcome attachment as WeCom's attachments[] item (add_msg_template and
+    send_welcome_msg take the same shapes); files become media_ids uploaded once and re-uploaded
+    before their 3 days run out (or when the file changed)."""
+    (kind, value), = att.items()
+
+    def media_id(relative: str, media_type: str) -> str:
+        path = files.attachment_path(relative)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return media.ensure(media_key(relative), f"sha256:{digest}", lambda: data, filename=path.name,
+                            media_type=media_type, content_type=ctype)
+
+    if kind in ("image", "video", "file"):
+        return {"msgtype": kind, kind: {"media_id": media_id(value, kind)}}
+    if kind == "link":
+        return {"msgtype": "link", "link": {k: v for k, v in value.items() if v}}
+    if kind == "miniprogram":
+        return {"msgtype": "miniprogram", "miniprogram": {"title": value["title"], "appid": value["appid"],
+                                                          "page": value["page"],
+                                                          "pic_media_id": media_id(value["pic"], "image")}}
+    raise ValueError(f"unknown attachment kind {kind!r}")

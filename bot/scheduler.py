@@ -1,28 +1,57 @@
 """Scheduled jobs (APScheduler 3.11): explicit zone, coalesce, misfire grace of minutes, jobs added
-only when missing. With several processes on PostgreSQL, one holds an advisory lock and schedules."""
+only when missing.
+
+One process runs them. It holds the `scheduler_lease` row: every tick (TICK_SECONDS) the holder
+renews it with a conditional UPDATE and a standby tries to take it; a holder that cannot renew (its
+connection lost, the database gone, the lease taken after it stalled) pauses its jobs at once, and
+a standby takes over once the lease has run out (LEASE_SECONDS), within a minute of the holder's
+death. Each job also checks, as it starts, that this process still holds the lease.
+
+On SQLite a second guard comes first: an OS file lock (`<database>.scheduler.lock`, flock, released
+by the kernel when the process dies). A second `serve` on the same file does not compete and says
+so; it takes the file lock, then the lease, once the first one is gone.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
 import threading
-
-from datetime import date
+import uuid
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import NamedTuple
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
+from bot import retention
 from bot.bootstrap import Container
 from bot.broadcast.dispatch import FireReport
+from bot.clock import Clock
 from bot.db.engine import reads_of
-from bot.db.models import Store
-from bot.funnel.qr_health import check_wecom_side
-from bot.welcome.sender import ensure_group_qr_media
+from bot.db.migrate import lock_file
+from bot.db.models import SchedulerLease, Store
+from bot.messaging.outbox import insert_ignore
+from bot.welcome.executors import ensure_group_qr_media
 from bot.wecom.client import WeComError
+
+try:
+    import fcntl
+except ImportError:  # fcntl is POSIX only: elsewhere the lease alone elects
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_LOCK_KEY = 0x77656362  # "wecb"
+TICK_SECONDS = 10     # the holder renews, a standby tries, this often
+LEASE_SECONDS = 30    # a holder that stopped renewing is replaced after this, plus a tick at most
+LEASE_NAME = "scheduler"
 
 
 def refresh_group_qr_media(c: Container) -> int:
@@ -73,68 +102,239 @@ def reload_calendar(c: Container) -> None:
     c.content.reload_if_changed()
 
 
+def purge_old_rows(c: Container) -> dict[str, int]:
+    """The daily retention pass (bot.retention)."""
+    return retention.purge(c.sessions, c.clock, c.settings.retention_days)
+
+
+def process_id() -> str:
+    """Who holds the lease, as an operator reads it: host, pid, and a random part for pid reuse."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Lease:
+    """The `scheduler_lease` row, taken and renewed by conditional UPDATE (same on SQLite and PostgreSQL)."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, holder: str, seconds: float = LEASE_SECONDS):
+        self.sessions = sessions
+        self.clock = clock
+        self.holder = holder
+        self.seconds = seconds
+
+    def take_or_renew(self) -> datetime | None:
+        """Ours if it is free, run out, or ours already: returns until when, else None."""
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.seconds)
+        row = SchedulerLease
+        with self.sessions.begin() as s:
+            insert_ignore(s, row, {"name": LEASE_NAME})
+            got = s.execute(update(row).where(
+                row.name == LEASE_NAME,
+                or_(row.holder == self.holder, row.holder.is_(None), row.lease_until.is_(None),
+                    row.lease_until <= now))
+                .values(holder=self.holder, heartbeat_at=now, lease_until=until).returning(row.name)).first()
+        return until if got else None
+
+    def release(self) -> None:
+        """On a clean stop: the next process need not wait for the lease to run out."""
+        with self.sessions.begin() as s:
+            s.execute(update(SchedulerLease).where(SchedulerLease.name == LEASE_NAME,
+                                                   SchedulerLease.holder == self.holder)
+                      .values(holder=None, lease_until=None))
+
+
+class SchedulerStatus(NamedTuple):
+    holder: str | None           # None: no process holds an unexpired lease
+    age_seconds: float | None    # since the last heartbeat; None: no scheduler ever ran here
+
+
+def scheduler_status(sessions: sessionmaker[Session], clock: Clock) -> SchedulerStatus:
+    """For /healthz: stale when age_seconds is None or past LEASE_SECONDS."""
+    with reads_of(sessions)() as s:
+        row = s.get(SchedulerLease, LEASE_NAME)
+    if row is None or row.heartbeat_at is None:
+        return SchedulerStatus(None, None)
+    now = clock.now()
+    holder = row.holder if row.lease_until is not None and row.lease_until > now else None
+    return SchedulerStatus(holder, (now - row.heartbeat_at).total_seconds())
+
+
+class FileLock:
+    """A non-blocking flock on a file, which also names its holder for the others' log line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def try_acquire(self, holder: str) -> bool:
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:   # BlockingIOError: someone else has it
+            f.close()
+            return False
+        f.seek(0)
+        f.truncate()
+        f.write(holder + "\n")
+        f.flush()
+        self._file = f
+        return True
+
+    def owner(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
 class Scheduler:
-    def __init__(self, c: Container):
+    def __init__(self, c: Container, *, tick_seconds: float = TICK_SECONDS, lease_seconds: float = LEASE_SECONDS):
         self.c = c
         self.aps = BackgroundScheduler(timezone=c.settings.tz, job_defaults={
             "coalesce": True, "misfire_grace_time": 300, "max_instances": 1})
-        self._lock_conn = None
+        self.holder = process_id()
+        self.lease = Lease(c.sessions, c.clock, self.holder, lease_seconds)
+        path = lock_file(c.engine, ".scheduler.lock")
+        self.file_lock = FileLock(path) if path is not None and fcntl is not None else None
+        self.tick_seconds = tick_seconds
+        self._held_until: datetime | None = None   # of the last renewal; jobs start only before it
+        self._blocked = False                      # by the file lock: said once, not every tick
+        self._tick_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def _add_jobs(self) -> None:
-        if not self.aps.get_job("close_due_chains"):
-            # every minute, and at once on start: chains whose deadline passed while down close now
-            self.aps.add_job(close_due_chains, "interval", minutes=1, args=[self.c], id="close_due_chains",
-                             next_run_time=self.c.clock.now())
-        if not self.aps.get_job("qr_check"):
-            self.aps.add_job(check_wecom_side, "interval", minutes=5, args=[self.c], id="qr_check")
-        b = self.c.settings.broadcast
-        for slot in b.slots:
-            job_id = f"slot:{slot}"
-            if not self.aps.get_job(job_id):
-                hh, mm = map(int, slot.split(":"))
-                self.aps.add_job(run_slot, CronTrigger(hour=hh, minute=mm, timezone=self.c.settings.tz),
-                                 args=[self.c, slot], id=job_id, misfire_grace_time=b.misfire_grace_minutes * 60)
-        if not self.aps.get_job("broadcast_follow_up"):
-            self.aps.add_job(follow_up_broadcasts, "interval", minutes=b.follow_up_minutes, args=[self.c],
-                             id="broadcast_follow_up")
-        if not self.aps.get_job("reload_calendar"):
-            self.aps.add_job(reload_calendar, "interval", seconds=10, args=[self.c], id="reload_calendar")
-        if not self.aps.get_job("refresh_group_qr_media"):
-            self.aps.add_job(refresh_group_qr_media, "interval", hours=6, args=[self.c], id="refresh_group_qr_media",
-                             next_run_time=self.c.clock.now())
+    @property
+    def leading(self) -> bool:
+        """This process holds the lease (as of its last renewal, which has not run out) and runs the jobs."""
+        return self._held_until is not None and self._held_until > self.c.clock.now()
 
-    def _elected(self) -> bool:
-        if self.c.engine.dialect.name != "postgresql":
-            return True  # SQLite: one machine, one serve
-        if self._lock_conn is None:
-            self._lock_conn = self.c.engine.connect()
-        got = self._lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULER_LOCK_KEY}).scalar()
-        self._lock_conn.commit()
-        return bool(got)
+    def _guarded(self, job_id: str, fn):
+        """A job that starts only while the lease is ours: a holder that stalled past its lease (and
+        was replaced) must not fire a slot on waking, before its next tick tells it."""
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            if not self.leading:
+                log.info("job %s not run: this process no longer holds the scheduler lease", job_id)
+                return None
+            return fn(*args, **kwargs)
+        return run
+
+    def _add(self, job_id: str, fn, trigger, **kw) -> None:
+        if not self.aps.get_job(job_id):
+            self.aps.add_job(self._guarded(job_id, fn), trigger, id=job_id, **kw)
+
+    def _add_jobs(self) -> None:
+        c, tz = self.c, self.c.settings.tz
+        # every minute, and at once on start: chains whose deadline passed while down close now
+        self._add("close_due_chains", close_due_chains, "interval", minutes=1, args=[c], next_run_time=c.clock.now())
+        self._add("qr_check", c.check_qr, "interval", minutes=5)
+        b = c.settings.broadcast
+        for slot in b.slots:
+            hh, mm = map(int, slot.split(":"))
+            self._add(f"slot:{slot}", run_slot, CronTrigger(hour=hh, minute=mm, timezone=tz), args=[c, slot],
+                      misfire_grace_time=b.misfire_grace_minutes * 60)
+        self._add("broadcast_follow_up", follow_up_broadcasts, "interval", minutes=b.follow_up_minutes, args=[c])
+        self._add("reload_calendar", reload_calendar, "interval", seconds=10, args=[c])
+        self._add("refresh_group_qr_media", refresh_group_qr_media, "interval", hours=6, args=[c],
+                  next_run_time=c.clock.now())
+        # at night, when nobody adds clerks: its batches still yield SQLite's write lock between them
+        self._add("retention", purge_old_rows, CronTrigger(hour=3, minute=30, timezone=tz), args=[c],
+                  misfire_grace_time=3 * 3600)
+
+    # -- election --------------------------------------------------------------------------
+    def tick(self) -> bool:
+        """One election round (the thread of start() runs it every tick_seconds; tests call it):
+        take or renew the lease, then start, resume or pause the jobs. Returns `leading`."""
+        with self._tick_lock:
+            if self.file_lock is not None and not self.file_lock.try_acquire(self.holder):
+                if not self._blocked:
+                    log.warning("another process holds the scheduler lock %s (%s); this one runs no scheduled "
+                                "jobs", self.file_lock.path, self.file_lock.owner())
+                    self._blocked = True
+                self._step_down("the scheduler file lock is another process's")
+                return False
+            if self._blocked:
+                log.info("scheduler file lock %s taken: standing by for the lease", self.file_lock.path)
+                self._blocked = False
+            try:
+                until = self.lease.take_or_renew()
+            except SQLAlchemyError as e:
+                log.warning("scheduler lease not renewed: %s", type(e).__name__)
+                self._step_down("the lease could not be renewed", release_file_lock=True)
+                return False
+            if until is None:
+                self._step_down("another process holds the lease", release_file_lock=True)
+                return False
+            self._lead(until)
+            return True
+
+    def _lead(self, until: datetime) -> None:
+        self._held_until = until
+        if self.aps.state == STATE_RUNNING:
+            return
+        if self.aps.state == STATE_PAUSED:
+            log.info("scheduler lease taken back (%s): scheduled jobs resumed", self.holder)
+            self.aps.resume()
+            return
+        log.info("scheduler lease taken (%s): running the scheduled jobs (%s)", self.holder, self.c.settings.timezone)
+        try:
+            close_due_chains(self.c)  # catch up at once: chains whose deadline passed while down
+        except SQLAlchemyError as e:
+            log.warning("chains due while down not closed yet (%s); the minute job retries", type(e).__name__)
+        self._add_jobs()
+        self.aps.start()
+
+    def _step_down(self, why: str, release_file_lock: bool = False) -> None:
+        was_leading = self._held_until is not None
+        self._held_until = None
+        if self.aps.state == STATE_RUNNING:
+            self.aps.pause()
+            log.warning("scheduler lease lost (%s): scheduled jobs paused", why)
+        # A holder that lost the lease lets another process on this file compete; a standby that
+        # waits for a dead holder's lease to run out keeps its place.
+        if release_file_lock and was_leading and self.file_lock is not None:
+            self.file_lock.release()
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="scheduler-election", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="scheduler-lease", daemon=True)
+        self._thread.start()
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         while not self._stop.is_set():
-            if self._elected():
-                close_due_chains(self.c)  # catch up at once: chains whose deadline passed while down
-                self._add_jobs()
-                self.aps.start()
-                log.info("scheduler started (%s)", self.c.settings.timezone)
-                return
-            self._stop.wait(30)
+            try:
+                self.tick()
+            except Exception:   # noqa: BLE001 — the loop must outlive any one round; the next retries
+                log.exception("scheduler tick failed")
+                self._step_down("the tick failed")
+            self._stop.wait(self.tick_seconds)
 
     def stop(self) -> None:
         self._stop.set()
-        if self.aps.running:
-            self.aps.shutdown(wait=False)
-        if self._lock_conn is not None:
-            # Advisory locks belong to the database session, which a pooled connection outlives:
-            # unlock explicitly, or another process could never be elected.
-            if self.c.engine.dialect.name == "postgresql":
-                self._lock_conn.execute(text("SELECT pg_advisory_unlock_all()"))
-                self._lock_conn.commit()
-            self._lock_conn.close()
-            self._lock_conn = None
+        if self._thread is not None:
+            self._thread.join(timeout=self.tick_seconds)
+            self._thread = None
+        with self._tick_lock:
+            if self.aps.running:
+                self.aps.shutdown(wait=False)
+            if self._held_until is not None:
+                self._held_until = None
+                try:
+                    self.lease.release()
+                except SQLAlchemyError as e:
+                    log.warning("scheduler lease not released (%s): it runs out in %ss", type(e).__name__,
+                                self.lease.seconds)
+            if self.file_lock is not None:
+                self.file_lock.release()

@@ -1,4 +1,5 @@
-"""Text limits WeCom counts in bytes, and the one shape of an app text message."""
+"""What people read: WeCom's byte limits and the one shape of an app text message, prices in yuan, and
+members' names and phone tails masked wherever others see them."""
 
 APP_TEXT_MAX_BYTES = 2048   # message/send text: 45002 past this
 
@@ -25,3 +26,17 @@ def fit_lines(head: str, lines: list[str], footer: str, limit: int = APP_TEXT_MA
         kept.append(line)
         used += len(line.encode()) + 1
     return "\n".join([head, *kept, footer])
+
+
+def yuan(cents: int) -> str:
+    """3990 → "39.9", 4000 → "40"."""
+    return f"{cents / 100:.2f}".rstrip("0").rstrip(".")
+
+
+def mask_name(name: str) -> str:
+    """王阿姨 → 王**: the sign-up list is read by the whole group."""
+    return name[0] + "*" * min(2, max(1, len(name) - 1)) if name else "*"
+
+
+def mask_phone(tail: str) -> str:
+    return "**" + tail[-2:]

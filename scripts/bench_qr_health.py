@@ -2,7 +2,7 @@
 
     python scripts/bench_qr_health.py [--healthy 10000] [--broken 3000] [--median-adds 60 4] [--seed 1]
 
-Simulates store-days with the bot's own rule (bot.funnel.qr_health: expected_conversion,
+Simulates store-days with the bot's own rule (bot.funnel.stalled: expected_conversion,
 stalled_verdict) evaluated as the bot does: on every add and on the 5-minute scheduled check.
 - Traffic: a store's daily adds are lognormal around --median-adds (σ 0.6); adds arrive as a
   Poisson process over a fruit store's day curve (08:00-22:00, peaks at lunch and evening).
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import QrHealthSettings  # noqa: E402
-from bot.funnel.qr_health import expected_conversion, stalled_verdict  # noqa: E402
+from bot.funnel.stalled import expected_conversion, stalled_verdict  # noqa: E402
 
 # adds by hour of day (relative): a community fruit store, open 08:00-22:00
 DAY_CURVE = {8: 2, 9: 4, 10: 6, 11: 9, 12: 10, 13: 7, 14: 5, 15: 5, 16: 6, 17: 9, 18: 11, 19: 10, 20: 7, 21: 3}

@@ -14,17 +14,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
+import jinja2
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.broadcast import planner
 from bot.calendar.calendar import ContentCalendar, Entry
-from bot.chains.service import Chains, yuan
+from bot.chains.service import Chains
 from bot.clock import Clock
 from bot.config import BroadcastSettings
 from bot.db.engine import reads_of
 from bot.db.models import BroadcastPause, BroadcastTask, Chain, GroupChat, GroupReceipt, SlotDelivery, Store
-from bot.outbox import OutboxRepo, insert_ignore_many
+from bot.messaging.outbox import OutboxRepo, insert_ignore_many
+from bot.text import yuan
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,15 @@ class FireReport:
     skipped: int = 0
     downgraded: int = 0
     already: int = 0
+    failed: int = 0                                          # groups whose content failed to render live
     owners: set[str] = field(default_factory=set)            # clerks who got a mass task or a reminder
     reminded_owners: set[str] = field(default_factory=set)
 
     def summary(self) -> str:
         return (f"{self.day} {self.slot}: {self.groups} groups fired — {self.mass} by mass message, {self.reminders} "
                 f"by owner reminder ({self.downgraded} moved to reminder: cap used), {self.paused} paused, "
-                f"{self.skipped} without content; {self.already} already fired before")
+                f"{self.skipped} without content; {self.already} already fired before"
+                + (f"; {self.failed} failed: the template does not render for their store" if self.failed else ""))
 
 
 def slot_time(day: date, slot: str, tz) -> datetime:
@@ -207,7 +211,19 @@ class Broadcaster:
             entry = self.calendar.day(code, day)[slot]
             ctx = self.calendar.context(store={"code": code, "name": store.name, "benefit": store.benefit or ""},
                                         clerk=owner, day=day, slot=slot, chains=open_chains.get(code, []))
-            rendered = self.calendar.render(entry, ctx)
+            try:
+                rendered = self.calendar.render(entry, ctx)
+            except jinja2.TemplateError as e:
+                # What `check` could not see (live data): this store's groups fail with the reason, and
+                # the slot goes on for every other store.
+                log.error("slot %s %s: the %s template fails for store %s (%s): its groups get nothing",
+                          d, slot, entry.kind, code, e)
+                s.execute(update(SlotDelivery).where(
+                    SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.owner == owner,
+                    SlotDelivery.chat_id.in_(modes["mass"] + modes["reminder"]), SlotDelivery.status == "queued")
+                    .values(status="failed", reason=f"内容模板出错，请运营检查日历：{str(e)[:120]}"))
+                report.failed += len(modes["mass"]) + len(modes["reminder"])
+                continue
             report.owners.add(owner)
             if modes["mass"]:
                 expires = slot_time(day, entry.expires, self.tz) if entry.expires else None

@@ -14,7 +14,7 @@ from bot.clock import Clock
 from bot.config import BroadcastSettings
 from bot.db.engine import reads_of
 from bot.db.models import BroadcastTask, GroupMsgSeen, GroupReceipt, SlotDelivery
-from bot.outbox import OutboxRepo, insert_ignore_many
+from bot.messaging.outbox import OutboxRepo, insert_ignore_many
 from bot.wecom.client import WeComClient, WeComError
 
 log = logging.getLogger(__name__)

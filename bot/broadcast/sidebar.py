@@ -5,10 +5,8 @@ signed per (day, slot, clerk): a clerk sees their own groups only."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
-from datetime import date
+from datetime import date, datetime, time, timedelta
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -17,10 +15,12 @@ from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 from wechatpy.utils import WeChatSigner
 
-from bot.broadcast.delivery import attachment_body
 from bot.broadcast.dispatch import chain_view
 from bot.db.engine import reads_of
 from bot.db.models import Chain, GroupChat, SlotDelivery, Store
+from bot.links import SIDEBAR, SIDEBAR_CHAIN, LinkSigner, Verdict, refusal
+from bot.media import attachment_body
+from bot.text import yuan
 from bot.wecom.client import WeComError
 
 env = jinja2.Environment(loader=jinja2.PackageLoader("bot", "templates"), autoescape=True)
@@ -34,12 +34,23 @@ def jsapi_signature(ticket: str, noncestr: str, timestamp: int, url: str) -> str
 
 
 class SidebarLinks:
-    def __init__(self, public_base_url: str, key: bytes):
+    """Mints and checks the clerk's sidebar links. A slot's link works until the end of its day in the
+    bot's time zone + grace (a clerk sends the evening slot late); a chain's until its deadline + grace."""
+
+    # For a caller that does not pass the chain's deadline: chains run days, not weeks.
+    CHAIN_FALLBACK = timedelta(days=14)
+
+    def __init__(self, public_base_url: str, signer: LinkSigner, tz, grace_hours: int):
         self.base = public_base_url.rstrip("/")
-        self.key = key
+        self.signer = signer
+        self.tz = tz
+        self.grace = timedelta(hours=grace_hours)
+
+    def expires_at(self, day: str) -> datetime:
+        return datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(), self.tz) + self.grace
 
     def sig(self, day: str, hhmm: str, clerk: str) -> str:
-        return hmac.new(self.key, f"{day}|{hhmm}|{clerk}".encode(), hashlib.sha256).hexdigest()[:32]
+        return self.signer.sign(SIDEBAR, (day, hhmm, clerk), self.expires_at(day))
 
     def path(self, day: date | str, slot: str, clerk: str) -> str:
         d = day if isinstance(day, str) else day.isoformat()
@@ -49,12 +60,19 @@ class SidebarLinks:
     def link(self, day: date | str, slot: str, clerk: str) -> str:
         return self.base + self.path(day, slot, clerk)
 
-    def valid(self, day: str, hhmm: str, clerk: str, sig: str) -> bool:
-        return hmac.compare_digest(self.sig(day, hhmm, clerk), sig or "")
+    def check(self, day: str, hhmm: str, clerk: str, sig: str) -> Verdict:
+        return self.signer.verify(SIDEBAR, (day, hhmm, clerk), sig)
 
-    def chain_link(self, token: str, clerk: str) -> str:
+    def valid(self, day: str, hhmm: str, clerk: str, sig: str) -> bool:
+        return self.check(day, hhmm, clerk, sig) is Verdict.OK
+
+    def chain_link(self, token: str, clerk: str, deadline: datetime | None = None) -> str:
         """The announcement of a new group-buy, ready for each of the clerk's groups."""
-        return f"{self.base}/sidebar/chain/{token}/{clerk}?sig={self.sig('chain', token, clerk)}"
+        expires = (deadline + self.grace) if deadline else self.signer.clock.now() + self.CHAIN_FALLBACK
+        return f"{self.base}/sidebar/chain/{token}/{clerk}?sig={self.signer.sign(SIDEBAR_CHAIN, (token, clerk), expires)}"
+
+    def check_chain(self, token: str, clerk: str, sig: str) -> Verdict:
+        return self.signer.verify(SIDEBAR_CHAIN, (token, clerk), sig)
 
 
 def sidebar_router(c) -> APIRouter:
@@ -63,9 +81,8 @@ def sidebar_router(c) -> APIRouter:
     links: SidebarLinks = c.sidebar_links
     tz = c.settings.tz
 
-    def forbidden() -> Response:
-        return HTMLResponse("<!doctype html><meta charset=utf-8><p>链接无效或已过期，请从最新的提醒消息打开。</p>",
-                            status_code=403)
+    def refused(verdict: Verdict, expired: str = "链接已过期，请从最新的提醒消息打开。") -> Response:
+        return refusal(verdict, expired=expired, bad="链接无效，请从最新的提醒消息打开。")
 
     def groups_for(day: str, slot: str, clerk: str) -> list[tuple[SlotDelivery, GroupChat | None]]:
         with reads() as s:
@@ -136,8 +153,9 @@ def sidebar_router(c) -> APIRouter:
 
     @r.get("/sidebar/chain/{token}/{clerk}")
     async def chain_page(token: str, clerk: str, request: Request, sig: str = ""):
-        if not links.valid("chain", token, clerk, sig):
-            return forbidden()
+        verdict = links.check_chain(token, clerk, sig)
+        if verdict is not Verdict.OK:
+            return refused(verdict, "链接已过期：这个团购已经截止。开新团购请给机器人发“开团”。")
         wecom = "wxwork" in request.headers.get("user-agent", "").lower()
         data = await run_in_threadpool(build_chain, token, clerk, page_url(request), wecom)
         if data is None:
@@ -147,8 +165,9 @@ def sidebar_router(c) -> APIRouter:
     # after the chain route: /sidebar/chain/… would match this one too
     @r.get("/sidebar/{day}/{hhmm}/{clerk}")
     async def page(day: str, hhmm: str, clerk: str, request: Request, sig: str = "", done: str = ""):
-        if not links.valid(day, hhmm, clerk, sig) or len(hhmm) != 4:
-            return forbidden()
+        verdict = links.check(day, hhmm, clerk, sig)
+        if verdict is not Verdict.OK or len(hhmm) != 4:
+            return refused(verdict)
         slot = f"{hhmm[:2]}:{hhmm[2:]}"
         wecom = "wxwork" in request.headers.get("user-agent", "").lower()
         data = await run_in_threadpool(build, day, slot, clerk, page_url(request), wecom)
@@ -176,8 +195,9 @@ def sidebar_router(c) -> APIRouter:
     @r.post("/sidebar/{day}/{hhmm}/{clerk}/sent")
     async def sent(day: str, hhmm: str, clerk: str, request: Request, sig: str = ""):
         """The clerk sent a group's content (sendChatMessage answered ok, or tapped 已发送 by hand)."""
-        if not links.valid(day, hhmm, clerk, sig):
-            return forbidden()
+        verdict = links.check(day, hhmm, clerk, sig)
+        if verdict is not Verdict.OK:
+            return refused(verdict)   # the page's script reloads on any answer: the reload shows why
         slot = f"{hhmm[:2]}:{hhmm[2:]}"
         is_json = request.headers.get("content-type", "").startswith("application/json")
         try:
@@ -195,8 +215,6 @@ def sidebar_router(c) -> APIRouter:
 
 def chain_announcement(chains, chain: Chain, tz, chat_id: str | None) -> str:
     """What a clerk posts in a group to open a chain: the group's own link attributes its orders."""
-    from bot.chains.service import yuan
-
     return (f"【团购接龙】{chain.title} ¥{yuan(chain.price_cents)}，限量{chain.stock_total}份，"
             f"每人限{chain.per_person_limit}份，{chain.deadline.astimezone(tz):%m月%d日 %H:%M}截止。\n"
             f"点链接报名：{chains.link(chain, chat_id)}")

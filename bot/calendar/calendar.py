@@ -14,7 +14,8 @@ from typing import Any
 
 import jinja2
 
-from bot.calendar.files import CalendarFile, Problem, read, template_env
+from bot.calendar import files
+from bot.calendar.files import CalendarFile, Problem, read, render, template_env
 from bot.text import truncate_utf8
 
 log = logging.getLogger(__name__)
@@ -230,21 +231,8 @@ class ContentCalendar:
                 problems += self._attachment_problems(f, path + ("attachments", i), att)
             try:
                 text = self._render_text(entry, sample)
-            except jinja2.TemplateNotFound as e:
-                problems.append(f.problem(path + ("template",), f"template file {e.name!r} not found in "
-                                                                f"{self.dir / 'templates'}"))
-                continue
             except jinja2.TemplateError as e:
-                lineno = getattr(e, "lineno", None)
-                if entry.text is not None:
-                    key = path + ("text",)
-                    first = (f.value_lines or {}).get(key, f.line(key))
-                    line = first + (lineno - 1 if lineno and isinstance(e, jinja2.TemplateSyntaxError) else 0)
-                    problems.append(Problem(f.path, line, f"text does not render: {e}"))
-                else:
-                    where = f" ({e.filename or entry.template}, line {lineno})" if lineno else ""
-                    problems.append(f.problem(path + ("template",), f"template {entry.template!r} does not "
-                                                                    f"render{where}: {e}"))
+                problems.append(self._template_problem(f, path, entry, e))
                 continue
             size = len(text.encode())
             if size > MAX_TEXT_BYTES:
@@ -253,6 +241,30 @@ class ContentCalendar:
             if not text.strip() and not entry.attachments:
                 problems.append(f.problem(path, "the entry renders to nothing (no text, no attachments)"))
         return problems
+
+    def _template_problem(self, f: CalendarFile, path: tuple, entry: Entry, e: jinja2.TemplateError) -> Problem:
+        """file:line of a template error: the line inside the entry's text when it failed there, else the
+        entry's key with the template file and line named (an included partial, a template file)."""
+        lineno, filename = getattr(e, "lineno", None), getattr(e, "filename", None)
+        in_text = entry.text is not None and filename in (None, "<template>")
+        where = f" ({self._template_name(filename)}, line {lineno})" if lineno and not in_text else ""
+        if isinstance(e, jinja2.TemplateNotFound):
+            what = f"template file {e.name!r} not found in {self.dir / 'templates'}"
+        elif entry.text is not None:
+            what = f"text does not render{where}: {e}"
+        else:
+            what = f"template {entry.template!r} does not render{where}: {e}"
+        if entry.text is None:
+            return f.problem(path + ("template",), what)
+        key = path + ("text",)
+        first = (f.value_lines or {}).get(key, f.line(key))
+        return Problem(f.path, first + (lineno - 1 if lineno and in_text else 0), what)
+
+    def _template_name(self, filename: str | None) -> str:
+        try:
+            return str(Path(filename).resolve().relative_to((self.dir / "templates").resolve()))
+        except (TypeError, ValueError):
+            return Path(filename).name if filename else "?"
 
     def _attachment_problems(self, f: CalendarFile, path: tuple, att: dict) -> list[Problem]:
         (kind, value), = att.items()
@@ -272,10 +284,10 @@ class ContentCalendar:
         return []
 
     def attachment_path(self, relative: str) -> Path:
-        path = (self.dir / relative).resolve()
-        if self.dir.resolve() not in path.parents:
-            raise CalendarError(f"attachment {relative!r} is outside {self.dir}")
-        return path
+        try:
+            return files.attachment_path(self.dir, relative)
+        except ValueError as e:
+            raise CalendarError(str(e)) from None
 
     # -- using it --------------------------------------------------------------------------
     def day(self, store_code: str, day: date) -> dict[str, Entry]:
@@ -307,7 +319,7 @@ class ContentCalendar:
             tpl = self._compiled.get(entry.text)
             if tpl is None:  # compiling costs a millisecond; a slot renders thousands of times
                 tpl = self._compiled[entry.text] = self.env.from_string(entry.text)
-        return tpl.render(**ctx).strip()
+        return render(tpl, ctx).strip()
 
     def render(self, entry: Entry, ctx: dict) -> Rendered:
         """Text cut to WeCom's byte limit (check reports the overflow before it happens)."""

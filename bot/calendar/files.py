@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
 from dataclasses import dataclass
+from datetime import date, time
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import jinja2
 import jsonschema
 import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 Path_ = tuple[Any, ...]
 
@@ -187,11 +191,105 @@ def _name_hint(err: jsonschema.ValidationError) -> str:
     return err.message
 
 
-def template_env(calendar_dir: Path) -> jinja2.Environment:
+BUILTIN_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"   # builtin_*.j2 beside the page templates
+MAX_REPEAT = 100_000     # characters or items a `*` may build; a message is at most 4,000 bytes anyway
+MAX_EXPONENT = 64
+MAX_BITS = 4096          # an integer result of `**`; nested powers grow past any CPU otherwise
+
+
+class ConfinedLoader(jinja2.FileSystemLoader):
+    """Template files under one folder, symlinks followed before deciding: `{% include "/etc/passwd" %}`,
+    `../../config.yaml` or a committed symlink to either is "not found", never read."""
+
+    def __init__(self, root: Path, suffix: str = ""):
+        self.root = Path(root).resolve()
+        self.suffix = suffix  # the built-in folder also holds our HTML pages: only its *.j2 are ops templates
+        super().__init__(self.root)
+
+    def get_source(self, environment: jinja2.Environment, template: str):
+        path = self.root.joinpath(*jinja2.loaders.split_template_path(template)).resolve()  # refuses '..'
+        if not template.endswith(self.suffix) or not path.is_relative_to(self.root) or not path.is_file():
+            raise jinja2.TemplateNotFound(template)
+        return super().get_source(environment, template)
+
+    def list_templates(self) -> list[str]:
+        return [t for t in super().list_templates() if t.endswith(self.suffix)]
+
+
+def _shown(value: Any) -> Any:
+    """What `{{ }}` may print: data. A function, macro, `self`, `loop` or other object is refused, so a
+    template cannot put the insides of the bot into a group message even by its repr."""
+    if isinstance(value, jinja2.Undefined) or _is_data(value):
+        return value  # an Undefined raises its own error when printed
+    raise SecurityError(f"a {type(value).__name__} cannot be shown in a message")
+
+
+def _is_data(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, Decimal, date, time)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_data(k) and _is_data(v) for k, v in value.items())
+    return False
+
+
+class TemplateSandbox(ImmutableSandboxedEnvironment):
+    """Where every ops-written template renders (calendar texts and files, welcomes). Calendar editors are
+    not trusted with the bot: the sandbox refuses Python internals (`__globals__`, `__class__`, `mro`,
+    `_private`, `str.format` on them), the immutable variant keeps a template from changing the
+    context that the next group's render shares, and Jinja's own globals (lipsum, cycler, joiner,
+    namespace, dict, range) are gone: a template sees its context and nothing else. `**` and `*` are
+    bounded, so `{{ 9 ** 999999 }}` is an error, not a frozen scheduler (Jinja folds constants at
+    compile time unless the operator is intercepted)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, loader: jinja2.BaseLoader):
+        super().__init__(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
+                         lstrip_blocks=True, auto_reload=True, finalize=_shown)
+        self.globals.clear()
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)) and (
+                abs(right) > MAX_EXPONENT or isinstance(left, int) and left.bit_length() * abs(right) > MAX_BITS):
+            raise SecurityError(f"{left} ** {right} is too large to compute in a template")
+        if operator == "*":
+            seq, n = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT:
+                raise SecurityError(f"repeating builds {len(seq) * n} items (at most {MAX_REPEAT})")
+        return super().call_binop(context, operator, left, right)
+
+
+def template_env(calendar_dir: Path) -> TemplateSandbox:
     """Templates for the calendar and the welcome: the calendar's `templates/`, then the built-in
     ones. Strict: a misspelt variable is an error `check` reports, not an empty string in a group."""
-    return jinja2.Environment(
-        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(Path(calendar_dir) / "templates"),
-                                    jinja2.PackageLoader("bot", "templates")]),
-        undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-        auto_reload=True)
+    return TemplateSandbox(jinja2.ChoiceLoader([ConfinedLoader(Path(calendar_dir) / "templates"),
+                                                ConfinedLoader(BUILTIN_TEMPLATES, suffix=".j2")]))
+
+
+def render(template: jinja2.Template, ctx: dict[str, Any]) -> str:
+    """Render an ops template. Whatever it raises leaves as a TemplateError (a template can divide by
+    zero or recurse as well as misspell), carrying `filename` and `lineno` of the template line that
+    failed, so callers keep one except clause and `check` can say `file:line`."""
+    try:
+        return template.render(ctx)
+    except Exception as e:  # noqa: BLE001 - re-raised as a template error, not swallowed
+        err = e if isinstance(e, jinja2.TemplateError) else jinja2.TemplateRuntimeError(f"{type(e).__name__}: {e}")
+        if getattr(err, "lineno", None) is None:
+            where = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(e.__traceback__)
+                     if "__jinja_exception__" in f.f_globals]   # Jinja's frames for template lines
+            err.filename, err.lineno = where[-1] if where else (None, None)
+        if err is e:
+            raise
+        raise err from e
+
+
+def attachment_path(calendar_dir: Path, relative: str) -> Path:
+    """An attachment named in the calendar or the welcome, resolved inside the calendar's folder (links
+    followed first): `../../config.yaml` or an absolute path is refused, not read."""
+    base = Path(calendar_dir).resolve()
+    path = (base / relative).resolve()
+    if base not in path.parents:
+        raise ValueError(f"attachment {relative!r} is outside {calendar_dir}")
+    return path

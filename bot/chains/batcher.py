@@ -1,6 +1,7 @@
 """Group commit for orders: a rush of sign-ups for one chain would otherwise queue one commit at a
 time behind the chain row's lock. One writer thread takes every order waiting at that moment into
-one transaction, each in its own SAVEPOINT (a sold-out or over-limit order rolls back alone), and
+one transaction, each in its own SAVEPOINT (a sold-out or over-limit order, or one whose values the
+database refuses, rolls back alone: it never fails its neighbours), and
 commits once; each member is answered only after that commit. The stock rules are unchanged:
 Chains.take's conditional UPDATEs, in order, inside the batch."""
 
@@ -15,8 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.chains.service import ChainError, Chains
-from bot.db.group_commit import GroupCommitter
+from bot.chains.service import (REFUSED_VALUES, ChainError, Chains, CleanOrder, InvalidOrder, OrderRequest,
+                                same_request)
+from bot.messaging.group_commit import GroupCommitter
 from bot.db.models import Chain, ChainOrder
 
 log = logging.getLogger(__name__)
@@ -32,17 +34,17 @@ class OrderBatcher(GroupCommitter):
         self.chains = chains
         self.on_notified = on_notified
 
-    async def take(self, chain: Chain, clean: tuple, chat_id: str | None, now: datetime) -> tuple[dict, bool]:
-        return await self.submit((chain, clean, chat_id, now))
+    async def take(self, chain: Chain, clean: CleanOrder, chat_id: str | None, now: datetime) -> tuple[dict, bool]:
+        return await self.submit(OrderRequest(chain, clean, chat_id, now))
 
-    def commit_batch(self, batch: list) -> list:
+    def commit_batch(self, batch: list[OrderRequest]) -> list:
         outcomes: list = [None] * len(batch)
         notified = False
         try:
             with self.sessions.begin() as s:
                 by_chain: dict[int, list[int]] = defaultdict(list)
-                for i, (chain, *_rest) in enumerate(batch):
-                    by_chain[chain.id].append(i)
+                for i, req in enumerate(batch):
+                    by_chain[req.chain.id].append(i)
                 for idxs in by_chain.values():
                     if len(idxs) > 1 and self._take_together(s, batch, idxs, outcomes):
                         notified |= outcomes.pop()
@@ -57,20 +59,20 @@ class OrderBatcher(GroupCommitter):
             self.on_notified()
         return outcomes
 
-    def _take_together(self, s: Session, batch: list, idxs: list[int], outcomes: list) -> bool:
+    def _take_together(self, s: Session, batch: list[OrderRequest], idxs: list[int], outcomes: list) -> bool:
         """The batch's orders for one chain in one go; at the sell-out, the ones that still fit (in
         order) in one go and the rest told at once. False: take them one by one."""
         items = [batch[i] for i in idxs]
         fast = self.chains.take_many(s, items)
         rest: list[int] = []
         if fast is None:
-            chain = items[0][0]
+            chain = items[0].chain
             row = s.execute(select(Chain.stock_left, Chain.status).where(Chain.id == chain.id)).one()
             if row.status != "open":
                 return False
             budget, fit = row.stock_left, []
             for i in idxs:
-                qty = batch[i][1][2]
+                qty = batch[i].order.qty
                 if qty <= budget:
                     fit.append(i)
                     budget -= qty
@@ -93,7 +95,7 @@ class OrderBatcher(GroupCommitter):
         outcomes.append(told)
         return True
 
-    def _take_one(self, s: Session, chain: Chain, clean: tuple, chat_id: str | None, now: datetime):
+    def _take_one(self, s: Session, chain: Chain, clean: CleanOrder, chat_id: str | None, now: datetime):
         """One order in its own SAVEPOINT: what it cannot have rolls back alone."""
         try:
             with s.begin_nested():
@@ -102,9 +104,17 @@ class OrderBatcher(GroupCommitter):
                      "qty": placed.order.qty}, True), placed.notified
         except IntegrityError:  # the same request_id, placed meanwhile (maybe in this batch)
             existing = s.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
-                                                         ChainOrder.request_id == clean[3]))
+                                                         ChainOrder.request_id == clean.request_id))
+            if existing is None:
+                return ChainError("请稍后再试。"), False
+            try:
+                same_request(existing, clean.name, clean.phone_tail, clean.qty)   # another buyer gets no one's token
+            except ChainError as e:
+                return e, False
             left = s.scalar(select(Chain.stock_left).where(Chain.id == chain.id))
-            return (({"order_token": existing.order_token, "remaining": left, "qty": existing.qty}, False)
-                    if existing else ChainError("请稍后再试。")), False
+            return ({"order_token": existing.order_token, "remaining": left, "qty": existing.qty}, False), False
+        except REFUSED_VALUES:  # validation let through what the database will not store: this order only
+            log.exception("order %s refused by the database", clean.request_id)
+            return InvalidOrder("报名信息里有无法保存的字符，请检查后再提交。"), False
         except ChainError as e:
             return e, False

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import hmac
 import io
 import json
+import math
 import secrets
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -16,24 +16,61 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from bot.chains.service import ChainError, csv_signature, mask_name, mask_phone, yuan
+from bot.chains.service import ASCII_TOKEN, ORDER_STATUS_ZH, ChainError, clean_chat_id
+from bot.text import mask_name, mask_phone, yuan
 from bot.db.engine import reads_of
 from bot.db.models import Chain, ChainOrder, GroupChat, Store
+from bot.links import Verdict, refusal
+from bot.ratelimit import RateLimiter
+from bot.web import BodyRejected, address_key, read_capped, request_address, trusted_networks
 
-MAX_FORM_BYTES = 8 * 1024
+# What `?error=` may say: a code, shown as its fixed text (ok: shown as good news). Anything else
+# shows nothing: a crafted link in a group must not put its words on our page.
+NOTES = {"cancelled": ("已取消报名。", True)}
+RATE_LIMITED = "提交太频繁了，请过一分钟再试。"
 
 env = jinja2.Environment(loader=jinja2.PackageLoader("bot", "templates"), autoescape=True)
+
+
+# The order body as the route reads it (by hand, to cap it while streaming and to take JSON or a form):
+# declared here so /openapi.json says what it takes and a fuzzer sends real bodies.
+ORDER_BODY = {"type": "object", "required": ["name", "phone_tail", "qty", "request_id"], "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 20, "description": "称呼, printable text"},
+    "phone_tail": {"type": "string", "pattern": "^[0-9]{4}$"},
+    "qty": {"type": "integer", "minimum": 1},
+    "request_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$", "description": "same id = same order"},
+    "g": {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,64}$", "description": "the group's chat_id"}}}
+ORDER_OPENAPI = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": ORDER_BODY}, "application/x-www-form-urlencoded": {"schema": ORDER_BODY}}}}
+ORDER_RESPONSES = {
+    200: {"description": "the same request_id again: the order it placed"},
+    201: {"description": "placed: {order_token, remaining}"},
+    303: {"description": "form post: back to the page, showing the order"},
+    404: {"description": "no such chain"},
+    409: {"description": "sold out, over the per-person limit, or request_id reused by another buyer"},
+    410: {"description": "closed"},
+    413: {"description": "body over pages.max_body_bytes"},
+    422: {"description": "a field is not what it must be"},
+    429: {"description": "too many sign-ups from this address or buyer; Retry-After"},
+}
 
 
 def chain_router(c) -> APIRouter:
     r = APIRouter()
     reads = reads_of(c.sessions)
     tz = c.settings.tz
+    pages = c.settings.pages
+    trusted = trusted_networks(c.settings.trusted_proxies)
+    # A whole group often shares one carrier-NAT address: tight per buyer within an address, loose per address.
+    per_buyer = RateLimiter(pages.orders_per_buyer_per_minute, c.clock)
+    per_address = RateLimiter(pages.orders_per_address_per_minute, c.clock)
 
     def render(token: str, g: str, *, mine_token: str | None = None, message: str | None = None,
-               ok: bool = False, status: int = 200) -> Response:
+               ok: bool = False, status: int = 200, just_placed: bool = False) -> Response:
+        g = g if ASCII_TOKEN.fullmatch(g or "") else ""          # only a real chat id goes back into the page
+        mine_token = mine_token if ASCII_TOKEN.fullmatch(mine_token or "") else None
         with reads() as s:
-            chain = s.scalar(select(Chain).where(Chain.token == token))
+            chain = s.scalar(select(Chain).where(Chain.token == token)) if ASCII_TOKEN.fullmatch(token) else None
             if chain is None:
                 return HTMLResponse("<!doctype html><meta charset=utf-8><p>没有这个团购。</p>", status_code=404)
             store = s.get(Store, chain.store_code)
@@ -41,6 +78,8 @@ def chain_router(c) -> APIRouter:
                                                              ChainOrder.status == "active").order_by(ChainOrder.id)))
             mine = s.scalar(select(ChainOrder).where(ChainOrder.order_token == mine_token,
                                                      ChainOrder.chain_id == chain.id)) if mine_token else None
+        if just_placed and mine is not None and mine.status == "active":   # back from a sign-up
+            message, ok = "报名成功！", True
         now = c.clock.now()
         is_open = chain.status == "open" and now < chain.deadline
         html = env.get_template("chain.html").render(
@@ -54,8 +93,8 @@ def chain_router(c) -> APIRouter:
 
     @r.get("/c/{token}")
     def page(token: str, g: str = "", mine: str = "", error: str = ""):
-        return render(token, g, mine_token=mine or None, message=error or ("报名成功！" if mine and not error else None),
-                      ok=not error)
+        message, ok = NOTES.get(error, (None, False))
+        return render(token, g, mine_token=mine or None, message=message, ok=ok, just_placed=not message)
 
     # A few threads for the order reads, not the whole threadpool: forty runnable threads queue on the
     # GIL, and the order writer (one thread) waits behind all of them at each statement.
@@ -69,37 +108,54 @@ def chain_router(c) -> APIRouter:
                                                     request_id=body.get("request_id"))
         return chain, existing, clean, now
 
-    async def place(token: str, body: dict, g: str):
+    async def place(token: str, body: dict, chat_id: str | None):
         async with check_slots:
             chain, existing, clean, now = await run_in_threadpool(check, token, body)
-        if existing is not None:  # a replayed submit, answered from a read
+        if existing is not None:  # a replayed submit (same buyer), answered from a read
             return {"order_token": existing.order_token, "remaining": chain.stock_left, "qty": existing.qty}, False
-        return await c.order_batcher.take(chain, clean, body.get("g") or g or None, now)
+        return await c.order_batcher.take(chain, clean, chat_id, now)
 
-    @r.post("/c/{token}/orders")
+    def too_often(request: Request, body: dict) -> float:
+        """Seconds to wait, 0 when allowed. Every submit counts once, a replayed request_id too: an
+        honest retry costs what a new sign-up costs, never more, and six a minute leave room for it."""
+        address = address_key(request_address(request, trusted))
+        return per_address.hit(address) or per_buyer.hit((address, _key_part(body.get("name")),
+                                                          _key_part(body.get("phone_tail"))))
+
+    @r.post("/c/{token}/orders", openapi_extra=ORDER_OPENAPI, responses=ORDER_RESPONSES)
     async def order(token: str, request: Request, g: str = ""):
-        raw = await request.body()
-        if len(raw) > MAX_FORM_BYTES:
-            return JSONResponse({"message": "请求太大。"}, status_code=413)
+        try:
+            raw = await read_capped(request, pages.max_body_bytes)
+        except BodyRejected as e:
+            return JSONResponse({"message": "提交的内容太长了。", "error": "too_large"}, status_code=e.status)
         is_form = "application/x-www-form-urlencoded" in request.headers.get("content-type", "")
         try:
             if is_form:
-                from urllib.parse import parse_qs
                 body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
             else:
                 body = json.loads(raw or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError
-        except ValueError:
-            return JSONResponse({"message": "请求格式不对。"}, status_code=422)
+        except (ValueError, RecursionError):   # RecursionError: [[[[… nested past the parser's depth
+            return JSONResponse({"message": "请求格式不对。", "error": "malformed"}, status_code=422)
+        chat = body.get("g") or g
+        wait = too_often(request, body)
+        if wait:
+            retry = {"Retry-After": str(math.ceil(wait))}
+            if is_form:
+                page = await run_in_threadpool(render, token, chat, message=RATE_LIMITED, status=429)
+                page.headers.update(retry)
+                return page
+            return JSONResponse({"message": RATE_LIMITED, "error": "rate_limited"}, status_code=429, headers=retry)
         try:
-            result, created = await place(token, body, g)
+            chat_id = clean_chat_id(chat)
+            result, created = await place(token, body, chat_id)
         except ChainError as e:
             if is_form:
-                return await run_in_threadpool(render, token, body.get("g") or g, message=e.message, status=e.status)
+                return await run_in_threadpool(render, token, chat, message=e.message, status=e.status)
             return JSONResponse({"message": e.message, **e.extra}, status_code=e.status)
         if is_form:  # no JavaScript: back to the page, which shows the order (a refresh does not resubmit)
-            return RedirectResponse(f"/c/{token}?g={quote(body.get('g') or g)}&mine={result['order_token']}",
+            return RedirectResponse(f"/c/{token}?g={quote(chat_id or '')}&mine={result['order_token']}",
                                     status_code=303)
         return JSONResponse(result, status_code=201 if created else 200)
 
@@ -121,16 +177,24 @@ def chain_router(c) -> APIRouter:
             await run_in_threadpool(cancel, token, order_token)
         except ChainError as e:
             return await run_in_threadpool(render, token, g, mine_token=order_token, message=e.message, status=e.status)
-        return RedirectResponse(f"/c/{token}?g={quote(g)}&error={quote('已取消报名。')}", status_code=303)
+        g = g if ASCII_TOKEN.fullmatch(g) else ""
+        return RedirectResponse(f"/c/{token}?g={quote(g)}&error=cancelled", status_code=303)
 
     @r.get("/c/{token}/orders.csv")
     def orders_csv(token: str, u: str = "", sig: str = ""):
+        bad = "链接无效，请从机器人发来的最新消息打开。"
+        verdict = c.chains.check_csv(token, u, sig)   # before any read: a bad link learns nothing
+        if verdict is Verdict.BAD:
+            return refusal(verdict, bad=bad)
         with reads() as s:
             chain = s.scalar(select(Chain).where(Chain.token == token))
-            if chain is None:
-                return Response("not found", status_code=404)
-            if u != chain.clerk or not hmac.compare_digest(sig, csv_signature(c.chains.csv_key, token, u)):
-                return Response("forbidden", status_code=403)
+            if chain is None:   # signed, so once ours: a chain removed since
+                return HTMLResponse("<!doctype html><meta charset=utf-8><p>没有这个团购。</p>", status_code=404)
+            if u != chain.clerk:
+                return refusal(Verdict.BAD, bad=bad)
+            if verdict is Verdict.EXPIRED:
+                return refusal(verdict, expired=f"这个名单链接已过期。请在企业微信里给机器人发“名单 {chain.id}”，"
+                                                f"获取最新名单。")
             orders = list(s.scalars(select(ChainOrder).where(ChainOrder.chain_id == chain.id).order_by(ChainOrder.id)))
             groups = {g.chat_id: g.name for g in s.scalars(select(GroupChat).where(
                 GroupChat.store_code == chain.store_code))}
@@ -140,12 +204,17 @@ def chain_router(c) -> APIRouter:
         for i, o in enumerate(orders, 1):
             w.writerow([i, _csv_safe(o.name), o.phone_tail, o.qty, yuan(o.qty * chain.price_cents),
                         groups.get(o.chat_id, ""), o.created_at.astimezone(tz).strftime("%m-%d %H:%M:%S"),
-                        "有效" if o.status == "active" else "已取消"])
+                        ORDER_STATUS_ZH.get(o.status, o.status)])
         filename = quote(f"{chain.title}-名单.csv")
         return Response("\ufeff" + out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{filename}"})
 
     return r
+
+
+def _key_part(value) -> str:
+    """A rate-limit key part as typed, bounded: a key must not cost what a body may carry."""
+    return value.strip().lower()[:32] if isinstance(value, str) else type(value).__name__
 
 
 def _csv_safe(value: str) -> str:

@@ -13,7 +13,7 @@ from bot.calendar.calendar import KIND_ZH
 from bot.commands.router import Clerk, CommandRouter, Reply
 from bot.db.models import BroadcastPause, SlotDelivery
 from bot.text import fit_lines
-from bot.uow import UnitOfWork
+from bot.messaging.uow import UnitOfWork
 
 router = CommandRouter()
 

@@ -6,9 +6,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bot.commands.router import Clerk, CommandRouter, Reply
-from bot.funnel.qr_health import KIND_ZH, open_findings
-from bot.funnel.report import fmt_delay, fmt_rate, funnel
-from bot.uow import UnitOfWork
+from bot.funnel.alerts import KIND_ZH
+from bot.funnel.findings import open_findings
+from bot.funnel.figures import fmt_delay, fmt_rate, funnel
+from bot.messaging.uow import UnitOfWork
 
 router = CommandRouter()
 

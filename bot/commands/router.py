@@ -12,10 +12,8 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.db.models import Store
-from bot.events import ClerkTextReceived
-from bot.inbox import StoredEvent
-from bot.text import app_text
-from bot.uow import UnitOfWork
+from bot.messaging.inbox import wanted_args
+from bot.messaging.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +38,10 @@ class Command:
     names: tuple[str, ...]
     summary: str
     handler: Callable[..., Reply]
+    wanted: tuple[str, ...] = ()    # the handler's parameter names, read once at registration
+
+
+ROUTER_ARGS = {"args", "clerk", "router", "uow", "now"}   # what the router itself hands every command
 
 
 class CommandRouter:
@@ -48,12 +50,17 @@ class CommandRouter:
 
     def command(self, *names: str, summary: str):
         def register(fn):
-            self.commands.append(Command(tuple(names), summary, fn))
+            self.commands.append(Command(tuple(names), summary, fn, tuple(inspect.signature(fn).parameters)))
             return fn
         return register
 
     def include(self, other: CommandRouter) -> None:
         self.commands.extend(other.commands)
+
+    def check(self, deps: set[str]) -> None:
+        """At start-up: every command's arguments are provided, or WiringError names the one that is not."""
+        for cmd in self.commands:
+            wanted_args(cmd.handler, ROUTER_ARGS | deps)
 
     def find(self, word: str) -> Command | None:
         word = word.lower()
@@ -70,25 +77,9 @@ class CommandRouter:
         if cmd is None:
             return Reply(("没看懂这条命令。" if word else "") + "\n" + self.help_text())
         available = {"args": rest.strip(), "clerk": clerk, "router": self, **deps}
-        wanted = inspect.signature(cmd.handler).parameters
-        return cmd.handler(**{k: available[k] for k in wanted})
+        return cmd.handler(**{k: available[k] for k in cmd.wanted})
 
 
 def resolve_clerk(uow: UnitOfWork, userid: str) -> Clerk:
     stores = [s for s in uow.session.scalars(select(Store).order_by(Store.code)) if userid in (s.clerks or [])]
     return Clerk(userid, stores)
-
-
-def on_clerk_text(evt: ClerkTextReceived, uow: UnitOfWork, stored: StoredEvent, commands: CommandRouter,
-                  command_deps: dict) -> list:
-    clerk = resolve_clerk(uow, evt.userid)
-    if not clerk.stores:
-        reply = Reply("你还不是任何门店的店员，请联系运营把你加到门店配置里。")
-    else:
-        try:
-            reply = commands.handle(evt.content, clerk, {"uow": uow, "now": stored.received_at, **command_deps})
-        except Exception:  # never silence: a short reply, the details in the log with the event id
-            log.exception("command %r from %s (event %s) failed", evt.content, evt.userid, stored.id)
-            reply = Reply(f"处理出错了，已记录（编号 {stored.id}），请稍后再试。")
-    uow.outbox.add("send", f"reply:{evt.msg_id or stored.id}", app_text(evt.userid, reply.text), priority=0)
-    return []

@@ -227,7 +227,7 @@ class ChainOrder(SQLModel, table=True):
     qty: int
     chat_id: str | None = Field(default=None, max_length=64)
     store_code: str = Field(max_length=30)
-    status: str = Field(default="active", max_length=16)  # active | cancelled
+    status: str = Field(default="active", max_length=16)  # active | cancelled | voided (cancelled_at set by both)
     created_at: datetime = _at(nullable=False)
     cancelled_at: datetime | None = _at()
 
@@ -319,3 +319,16 @@ class BroadcastPause(SQLModel, table=True):
     day: str = Field(primary_key=True, max_length=10)
     clerk: str = Field(primary_key=True, max_length=64)
     created_at: datetime = _at(nullable=False)
+
+
+class SchedulerLease(SQLModel, table=True):
+    """Which process runs the scheduled jobs. Taken and renewed by conditional UPDATE every tick
+    (bot.scheduler); a holder that cannot renew steps down, a standby takes over once lease_until
+    has passed. heartbeat_at is the holder's last renewal (/healthz reads it)."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: str = Field(primary_key=True, max_length=32)
+    holder: str | None = Field(default=None, max_length=120)   # host:pid:random of the process
+    heartbeat_at: datetime | None = _at()
+    lease_until: datetime | None = _at()

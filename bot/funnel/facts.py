@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from bot.db.models import FunnelFact, GroupChat, GroupMember, Store
 from bot.events import ContactAdded, FollowUserDeleted, GroupChatChanged
-from bot.inbox import StoredEvent
-from bot.outbox import insert_ignore
-from bot.uow import UnitOfWork
+from bot.messaging.inbox import StoredEvent
+from bot.messaging.outbox import insert_ignore
+from bot.messaging.uow import UnitOfWork
 
 READ_WINDOW = timedelta(minutes=15)
 

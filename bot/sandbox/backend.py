@@ -216,8 +216,11 @@ class WeComBackend:
             if not self.current_token or self.tokens.get(self.current_token, 0) <= now:
                 self.current_token = secrets.token_urlsafe(48)
                 self.tokens[self.current_token] = now + self.rules.token_ttl
-            return {"errcode": 0, "errmsg": "ok", "access_token": self.current_token,
-                    "expires_in": int(self.tokens[self.current_token] - now)}
+            if self.rules.gettoken_repeat == "full":
+                expires_in = self.rules.token_ttl   # what it says, not when it runs out: 42001 tells
+            else:
+                expires_in = int(self.tokens[self.current_token] - now)   # whole seconds, rounded down
+            return {"errcode": 0, "errmsg": "ok", "access_token": self.current_token, "expires_in": expires_in}
 
     def _check_token(self, token: str | None) -> None:
         if not token:

@@ -8,6 +8,14 @@ from dataclasses import asdict, dataclass, field, fields
 @dataclass
 class Rules:
     token_ttl: int = 7200                 # gettoken expires_in
+    # gettoken while the corp's token is valid answers the same token. CONFIRMED: WeCom's doc 91039 as
+    # published until 2020 (https://work.weixin.qq.com/api/doc/90000/90135/91039): 「有效期内重复获取
+    # 返回相同结果，过期后获取会返回新的access_token」; the 2024/03/26 page
+    # (https://developer.work.weixin.qq.com/document/path/91039) no longer says it, nor the opposite.
+    # What expires_in says then is UNCONFIRMED (the doc: 「有效期通过返回的expires_in来传达」):
+    # remaining = the token's remaining lifetime (default); full = token_ttl whatever remains (the
+    # token still runs out on time and calls get 42001).
+    gettoken_repeat: str = "remaining"    # remaining | full
     welcome_code_ttl: float = 20.0        # send_welcome_msg window
     scan_join_limit: int = 200            # scan-to-join stops here (groups hold 500)
     group_capacity: int = 500

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,19 +45,55 @@ class InboundCallback:
     xml: str
 
 
+# WeCom's payloads are plain elements and CDATA. Any other markup declaration (a DOCTYPE, an ENTITY,
+# anywhere, in any case) is refused before a parser sees it: no entity expansion, no external fetch.
+_DECLARATION = re.compile(rb"<!(?!\[CDATA\[)", re.IGNORECASE)
+
+
 def _parse_xml(text: str | bytes, what: str) -> dict:
-    # WeCom never sends a DTD; refusing one closes entity-expansion tricks before expat sees them.
-    head = text[:512] if isinstance(text, str) else text[:512].decode("utf-8", "replace")
-    if "<!DOCTYPE" in head or "<!ENTITY" in head:
-        raise CallbackRejected(400, f"{what}: DTDs are not accepted")
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if _DECLARATION.search(raw):
+        raise CallbackRejected(400, f"{what}: markup declarations (DOCTYPE, ENTITY, comments) are not accepted")
     try:
-        doc = xmltodict.parse(text)
+        doc = xmltodict.parse(raw, disable_entities=True)
     except (ExpatError, ValueError) as e:
         raise CallbackRejected(400, f"{what}: malformed XML ({e})") from None
     root = doc.get("xml") if isinstance(doc, dict) else None
     if not isinstance(root, dict):
         raise CallbackRejected(400, f"{what}: no <xml> root")
     return root
+
+
+# Bounds of a sane payload. WeCom's ids are short ASCII; a text message is at most 2,048 bytes. A signed
+# payload outside them (a CreateTime of 10**12, a megabyte UserID) would otherwise be stored and retried
+# by every worker as a poison event.
+MAX_ID_CHARS = 128
+MAX_FIELD_CHARS = 4096
+MAX_EVENT_AGE_SECONDS = 7 * 24 * 3600    # WeCom redelivers for minutes, not days
+MAX_EVENT_AHEAD_SECONDS = 3600
+_ID_FIELDS = ("ToUserName", "FromUserName", "UserID", "ExternalUserID", "ChatId", "MsgType", "Event",
+              "ChangeType", "UpdateDetail", "State", "AgentID", "MsgId")
+_INT_FIELDS = ("CreateTime", "MsgId", "AgentID", "JoinScene", "QuitScene", "MemChangeCnt")
+
+
+def check_fields(fields: dict, now: float) -> None:
+    """Refuse a decrypted payload whose fields are absurd (400, counted like any rejection)."""
+    for name, value in fields.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            raise CallbackRejected(400, f"payload: {name} over {MAX_FIELD_CHARS} characters")
+    for name in _ID_FIELDS:
+        v = fields.get(name)
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_ID_CHARS):
+            raise CallbackRejected(400, f"payload: {name} is not a short text field")
+    for name in _INT_FIELDS:
+        v = fields.get(name)
+        if v not in (None, "") and not (isinstance(v, str) and v.isascii() and v.isdigit() and len(v) <= 20):
+            raise CallbackRejected(400, f"payload: {name} is not a number")
+    created = fields.get("CreateTime")
+    if created in (None, ""):
+        raise CallbackRejected(400, "payload: no CreateTime")
+    if not now - MAX_EVENT_AGE_SECONDS <= int(created) <= now + MAX_EVENT_AHEAD_SECONDS:
+        raise CallbackRejected(400, "payload: CreateTime out of range")
 
 
 def kind_of(fields: dict) -> str:
@@ -121,6 +158,7 @@ class CallbackVerifier:
         fields = _parse_xml(xml, "payload")
         if not fields.get("MsgType"):
             raise CallbackRejected(400, "payload: no MsgType")
+        check_fields(fields, self.clock.timestamp())
         return InboundCallback(delivery_key(fields, xml), kind_of(fields), xml)
 
 
@@ -135,6 +173,14 @@ def _int(v) -> int | None:
 
 def _str(v) -> str | None:
     return v if isinstance(v, str) and v != "" else None
+
+
+def _event_time(raw) -> datetime:
+    """Rows stored before check_fields existed may hold any CreateTime: never let one raise here."""
+    try:
+        return datetime.fromtimestamp(_int(raw) or 0, timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(0, timezone.utc)
 
 
 def member_change_list(raw) -> tuple[str, ...]:
@@ -153,7 +199,7 @@ def member_change_list(raw) -> tuple[str, ...]:
 def parse_event(xml: str) -> ev.DomainEvent:
     """The stored payload as a typed event. Unknown kinds become UnhandledCallback, never a crash."""
     f = _parse_xml(xml, "payload")
-    at = datetime.fromtimestamp(_int(f.get("CreateTime")) or 0, timezone.utc)
+    at = _event_time(f.get("CreateTime"))
     kind = kind_of(f)
     event, _, change = kind.partition("/")
     if event == "change_external_contact":

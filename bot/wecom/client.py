@@ -22,7 +22,7 @@ from wechatpy.work import WeChatClient
 
 from bot.clock import Clock, SystemClock
 from bot.wecom import errcodes
-from bot.wecom.api import GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
+from bot.wecom.api import AppMessageAPI, GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
 from bot.wecom.pacer import NoRoom, Pacer
 from bot.wecom.token_store import MemoryTokenStore, TokenStore
 
@@ -53,6 +53,7 @@ class WeComClient(WeChatClient):
     media = MediaAPI()
     join_way = JoinWayAPI()
     groupmsg = GroupMsgAPI()
+    app_message = AppMessageAPI()
 
     def __init__(self, corp_id: str, secret: str, *, agent_id: int, api_base_url: str,
                  token_store: TokenStore | None = None, clock: Clock | None = None,
@@ -204,7 +205,3 @@ class WeComClient(WeChatClient):
             res = self.jsapi.get_ticket()
             return res["ticket"], int(res.get("expires_in", 7200))
         return self.tokens.get(f"{self.access_token_key}:corp_ticket", fetch)
-
-    def send_app_text(self, userids: list[str], content: str) -> dict:
-        """message/send text to clerks; WeCom drops the excess over 30/min per member silently."""
-        return self.message.send_text(self.agent_id, "|".join(userids), content)

@@ -31,5 +31,7 @@ BAD_RESPONSE = -903               # not JSON
 DATA_LAG = -904                   # WeCom answered, but not yet with what its callback announced
 PACED = -905                      # not sent: the per-API limit has no room for a while (retry_after)
 
+# What WeCom answers for a contact-way or join-way config_id it no longer has (41044; 40058 for some APIs).
+CONFIG_GONE = frozenset({INVALID_CONFIG_ID, INVALID_PARAMETER})
 TOKEN_STALE = frozenset({INVALID_SECRET, INVALID_ACCESS_TOKEN, ACCESS_TOKEN_EXPIRED})
 RETRYABLE = frozenset({SYSTEM_BUSY, API_FREQ_LIMIT, API_CONCURRENCY_LIMIT, HTTP_ERROR, NETWORK_ERROR, PACED})

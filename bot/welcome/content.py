@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
-from bot.calendar.files import template_env
+from bot.calendar.files import attachment_path, read, render, template_env
 from bot.text import truncate_utf8
 
 log = logging.getLogger(__name__)
@@ -21,6 +20,7 @@ MAX_TEXT_BYTES = 4000
 MAX_ATTACHMENTS = 9
 BUILTIN_TEMPLATE = "builtin_welcome.j2"
 DEFAULTS: dict[str, Any] = {"template": BUILTIN_TEMPLATE, "benefit": "", "attach_group_qr": True, "attachments": []}
+SAMPLE: dict[str, Any] = {"clerk": "zhangsan", "clerk_name": "小张"}   # plus store and benefit, per file
 
 
 class ContentError(Exception):
@@ -59,7 +59,9 @@ class WelcomeContent:
 
     def reload_if_changed(self) -> None:
         files = self._files()
-        stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files)
+        # templates too: an edited welcome.j2 is rendered once here, before a customer gets it
+        watched = files + sorted((self.dir / "templates").rglob("*.j2"))
+        stamp = tuple((str(f), f.stat().st_mtime_ns) for f in watched if f.exists())
         if stamp == self._stamp:
             return
         self._stamp = stamp
@@ -74,13 +76,16 @@ class WelcomeContent:
     def _load(self, files: list[Path]):
         default, stores, names = dict(DEFAULTS), {}, {}
         for f in files:
-            try:
-                doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                raise ContentError(f"{f}:{mark.line + 1 if mark else 1}: invalid YAML: {getattr(e, 'problem', e)}")
-            if not isinstance(doc, dict):
-                raise ContentError(f"{f}:1: expected a mapping")
+            # the calendar's own reader (YAML 1.2 scalars, line numbers, the schema): `attach_group_qr: no`
+            # is the same mistake here as in `check`, not False
+            parsed, problems = read(f)
+            if parsed is None:
+                raise ContentError(str(problems[0]))
+            wrong = [p for p in problems if not p.warning and p.message.startswith("welcome")]
+            if wrong:
+                raise ContentError(str(wrong[0]))
+            doc = parsed.data
+            self._check_files(parsed, (doc.get("welcome") or {}) if isinstance(doc, dict) else {})
             welcome = doc.get("welcome") or {}
             if not isinstance(welcome, dict):
                 raise ContentError(f"{f}: welcome: expected a mapping")
@@ -92,13 +97,46 @@ class WelcomeContent:
             else:
                 default.update(welcome)
                 names.update({str(k): str(v) for k, v in (doc.get("clerk_names") or {}).items()})
-        for where, spec in [("default.yaml", default), *((f"stores/{c}.yaml", s) for c, s in stores.items())]:
-            if "template" in spec:
-                try:
-                    self.env.get_template(spec["template"])
-                except jinja2.TemplateError as e:
-                    raise ContentError(f"{self.dir / where}: welcome.template {spec['template']!r}: {e}")
+        for where, code, spec in [("default.yaml", "SZ001", default),
+                                  *((f"stores/{c}.yaml", c, {**default, **s}) for c, s in stores.items())]:
+            self._try_render(self.dir / where, spec, {**SAMPLE, "store": {"code": code, "name": "示例门店"},
+                                                      "benefit": str(spec.get("benefit") or "")})
         return default, stores, names
+
+    def _check_files(self, parsed, welcome: dict) -> None:
+        """The attachments' files exist inside the calendar folder: told by `check` as file:line, not
+        found missing by a customer's welcome (which would then go out without it)."""
+        attachments = welcome.get("attachments") if isinstance(welcome, dict) else None
+        for i, att in enumerate(attachments if isinstance(attachments, list) else []):
+            if not isinstance(att, dict) or len(att) != 1:
+                continue
+            (kind, value), = att.items()
+            rel = value if kind in ("image", "video", "file") else (value or {}).get("pic") if kind == "miniprogram" \
+                else None
+            if not isinstance(rel, str):
+                continue
+            try:
+                ok = attachment_path(self.dir, rel).is_file()
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ContentError(f"{parsed.path}:{parsed.line(('welcome', 'attachments', i))}: welcome attachment "
+                                   f"{rel!r}: no such file in {self.dir}")
+
+    def _try_render(self, yaml_file: Path, spec: dict[str, Any], ctx: dict[str, Any]) -> None:
+        """Render with sample values, so a template that fails (a misspelt name, or one reaching for
+        Python internals, which the sandbox refuses) is told by `check` as file:line, not found by a customer."""
+        name = spec.get("template", BUILTIN_TEMPLATE)
+        try:
+            render(self.env.get_template(name), ctx)
+        except jinja2.TemplateNotFound as e:
+            raise ContentError(f"{yaml_file}:{_template_key_line(yaml_file)}: welcome.template {name!r}: template "
+                               f"file {e.name!r} not found in {self.dir / 'templates'}") from None
+        except jinja2.TemplateError as e:
+            line = getattr(e, "lineno", None) or 1
+            tpl_file = getattr(e, "filename", None) or self.dir / "templates" / name
+            raise ContentError(f"{tpl_file}:{line}: welcome template {name!r} (of {yaml_file.name}) does not "
+                               f"render: {e}") from None
 
     def spec_for(self, store_code: str) -> WelcomeSpec:
         merged = {**self._default, **self._stores.get(store_code, {})}
@@ -107,22 +145,28 @@ class WelcomeContent:
 
     def render(self, *, store_code: str, store_name: str, clerk: str, store_benefit: str | None = None
                ) -> RenderedWelcome:
-        self.reload_if_changed()
+        # No reload here: the scheduler's tick reloads (bot.scheduler.reload_calendar), so a welcome's
+        # 20 seconds are not spent globbing and stat-ing the calendar.
         spec = self.spec_for(store_code)
         ctx = {"store": {"code": store_code, "name": store_name}, "clerk": clerk,
                "clerk_name": self._clerk_names.get(clerk, clerk), "benefit": store_benefit or spec.benefit}
         try:
-            text = self.env.get_template(spec.template).render(**ctx)
+            text = render(self.env.get_template(spec.template), ctx)
         except jinja2.TemplateError as e:
             # A welcome still goes out inside its 20 s: fall back to the built-in wording.
             log.error("welcome template %s failed for %s (%s); using the built-in one", spec.template, store_code, e)
-            text = self.env.get_template(BUILTIN_TEMPLATE).render(**ctx)
+            text = render(self.env.get_template(BUILTIN_TEMPLATE), ctx)
         extra_room = MAX_ATTACHMENTS - (1 if spec.attach_group_qr else 0)
         return RenderedWelcome(truncate_utf8(text.strip(), MAX_TEXT_BYTES), spec.attach_group_qr,
                                spec.attachments[:extra_room])
 
     def attachment_path(self, relative: str) -> Path:
-        path = (self.dir / relative).resolve()
-        if self.dir.resolve() not in path.parents:
-            raise ContentError(f"attachment {relative!r} is outside {self.dir}")
-        return path
+        try:
+            return attachment_path(self.dir, relative)
+        except ValueError as e:
+            raise ContentError(str(e)) from None
+
+
+def _template_key_line(yaml_file: Path) -> int:
+    f, _ = read(yaml_file)
+    return f.line(("welcome", "template")) if f else 1

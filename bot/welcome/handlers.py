@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from bot.db.models import Welcome
 from bot.events import ContactAdded
-from bot.inbox import StoredEvent
-from bot.outbox import insert_ignore
-from bot.uow import UnitOfWork
+from bot.messaging.inbox import StoredEvent
+from bot.messaging.outbox import insert_ignore
+from bot.messaging.uow import UnitOfWork
 from bot.welcome.content import WelcomeContent
 
 WELCOME_WINDOW = timedelta(seconds=20)
@@ -48,3 +48,6 @@ def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent,
                     "attachments": rendered.attachments},
                    deadline=stored.received_at + WELCOME_WINDOW, priority=0)
     return [WelcomeQueued(store.code, evt.external_userid)]
+
+
+HANDLERS = {ContactAdded: [on_contact_added]}

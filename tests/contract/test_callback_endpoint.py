@@ -98,3 +98,29 @@ def test_bot_keeps_running_after_rejections(synced):
     assert harness.driver.member_adds_clerk("SZ001").statuses == [200]
     assert httpx.get(f"{harness.bot.url}/healthz").json() == {"status": "ok"}
     assert "wecom_callbacks_total" in httpx.get(f"{harness.bot.url}/metrics").text
+
+
+def test_signed_payload_with_an_absurd_create_time_is_refused_and_counted(harness):
+    params, body = harness.driver.seal(event_xml(harness.corp.corp_id, 10**12, ADD))
+    assert post(harness, params, body).status_code == 400 and count(harness, Event) == 0
+    metrics = httpx.get(f"{harness.bot.url}/metrics").text
+    assert 'wecom_callbacks_total{result="rejected_400"} 1.0' in metrics
+
+
+def test_a_doctype_past_the_first_512_bytes_is_refused(harness):
+    params, body = harness.driver.seal(event_xml(harness.corp.corp_id, int(harness.clock.timestamp()), ADD))
+    tail = body.replace(b"</xml>", b"<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]></xml>")
+    assert len(body) > 512
+    assert post(harness, params, tail).status_code == 400 and count(harness, Event) == 0
+
+
+def test_rejections_are_logged_rate_limited(harness, caplog):
+    import logging
+
+    params, _ = harness.driver.seal("<xml/>")
+    with caplog.at_level(logging.WARNING, logger="bot.app"):
+        for _ in range(60):
+            post(harness, params, b"junk")
+    told = [r for r in caplog.records if r.name == "bot.app" and "callback rejected" in r.getMessage()]
+    # 60 rejections well inside a minute: one minute's allowance of lines, two if the loop straddles a minute
+    assert 1 <= len(told) <= 40

@@ -58,22 +58,51 @@ def test_open_with_something_missing_says_exactly_what(synced):
         assert s.scalar(select(Chain)) is None
 
 
-def test_order_statuses(synced):
+def test_an_order_is_201_and_its_retry_200_with_the_same_token(synced):
     h = synced
     token, _ = open_chain(h, stock=3, limit=2)
     ok = order(h, token, qty=2, rid="request-0001")
     assert ok.status_code == 201 and ok.json()["remaining"] == 1
     again = order(h, token, qty=2, rid="request-0001")
     assert again.status_code == 200 and again.json()["order_token"] == ok.json()["order_token"]
+
+
+def test_over_the_per_person_limit_is_409_with_what_is_still_allowed(synced):
+    h = synced
+    token, _ = open_chain(h, stock=3, limit=2)
+    assert order(h, token, qty=2).status_code == 201
     over = order(h, token, qty=1)                                  # same person, limit 2 already held
     assert over.status_code == 409 and over.json()["allowed"] == 0 and "每人限购 2 份" in over.json()["message"]
+
+
+def test_more_than_is_left_is_409_with_what_remains(synced):
+    h = synced
+    token, _ = open_chain(h, stock=3, limit=2)
+    assert order(h, token, qty=2).status_code == 201
     too_many = order(h, token, name="李叔", tail="5678", qty=2)
     assert too_many.status_code == 409 and too_many.json()["remaining"] == 1 and "只剩 1 份" in too_many.json()["message"]
-    for bad in ({"qty": 0}, {"qty": 3}, {"tail": "12a4"}, {"name": ""}, {"name": "x" * 21}):
-        kw = {"name": "李叔", "tail": "5678", "qty": 1, **bad}
-        assert order(h, token, **kw).status_code == 422
+
+
+@pytest.mark.parametrize("bad", [{"qty": 0}, {"qty": 3}, {"tail": "12a4"}, {"name": ""}, {"name": "x" * 21}],
+                         ids=["qty 0", "over the limit", "tail not digits", "no name", "name too long"])
+def test_an_invalid_field_is_422(synced, bad):
+    h = synced
+    token, _ = open_chain(h, stock=3, limit=2)
+    assert order(h, token, **{"name": "李叔", "tail": "5678", "qty": 1, **bad}).status_code == 422
+    assert chain_row(h, token).stock_left == 3
+
+
+def test_a_body_that_is_not_json_is_422_and_an_unknown_chain_404(synced):
+    h = synced
+    token, _ = open_chain(h, stock=3, limit=2)
     assert httpx.post(f"{h.bot.url}/c/{token}/orders", content=b"{not json", timeout=5).status_code == 422
     assert order(h, "nosuchtoken").status_code == 404
+
+
+def test_sold_out_is_409_and_closed_is_410(synced):
+    h = synced
+    token, _ = open_chain(h, stock=3, limit=2)
+    assert order(h, token, qty=2).status_code == 201
     assert order(h, token, name="李叔", tail="5678").status_code == 201
     sold_out = order(h, token, name="赵姐", tail="9999")
     assert sold_out.status_code == 409 and sold_out.json()["remaining"] == 0 and "抢完" in sold_out.json()["message"]
@@ -186,7 +215,7 @@ def test_chains_past_their_deadline_close_when_the_bot_starts_again(synced):
     h.clock.advance(days=7)
     c = h.start_bot()
     s = Scheduler(c)
-    s._run()                                                       # what `serve` does when it is elected
+    s.tick()                                                       # what `serve` does when it is elected
     s.stop()
     assert chain_row(h, token).status == "closed" and chain_row(h, token).closed_reason == "deadline"
 
@@ -208,3 +237,146 @@ def test_clerk_commands_list_orders_and_close_own_stores_only(synced):
     assert chain_row(h, token).status == "open"
     milestones = [m for m in replies(h, "zhangsan") if "团购过半" in m or "团购已抢完" in m]
     assert len(milestones) == 2
+
+
+# -- signed CSV links (security issue item 2): 403 for anything not ours, 410 after csv_link_days,
+#    old admin_tokens in link_keys still verify -----------------------------------------------------
+
+def _closed_with_csv_link(h):
+    token, _ = open_chain(h, stock=10, limit=2)
+    order(h, token, name="王阿姨", tail="1234", qty=2)
+    h.driver.clerk_says("zhangsan", "截单 1")
+    h.pump()
+    pick = [m for m in replies(h, "zhangsan") if "备货名单" in m][-1]
+    return token, re.search(r"(http\S+orders\.csv\S+)", pick).group(1)
+
+
+def test_a_bad_csv_signature_answers_403_never_500(synced):
+    h = synced
+    token, url = _closed_with_csv_link(h)
+    base, sig = url.split("&sig=")
+    sidebar_sig = h.c.chains.links.sign("sidebar", (token, "zhangsan"), h.clock.now().replace(year=2027))
+    for bad in ("签名", "%ff", "%ED%A0%80", "%00", "", sig[:-1], sig[:-3] + "AAA", "0" + sig, sig + "A",
+                "x" * 5000, sidebar_sig):                     # another purpose's signature for the same subject
+        r = httpx.get(f"{base}&sig={bad}")
+        assert r.status_code == 403 and "链接无效" in r.text and "王阿姨" not in r.text, (bad, r.status_code)
+    assert httpx.get(base).status_code == 403                                              # no sig at all
+    assert httpx.get(url.replace("u=zhangsan", "u=lisi")).status_code == 403               # another clerk's
+    assert httpx.get(url.replace("u=zhangsan", "u=%ff")).status_code == 403
+    assert httpx.get(url.replace(token, "nosuchchain")).status_code == 403                 # unknown: learns nothing
+    assert httpx.get(url).status_code == 200
+
+
+def test_an_expired_csv_link_answers_410_and_says_how_to_get_a_fresh_one(synced):
+    h = synced
+    token, url = _closed_with_csv_link(h)
+    h.clock.advance(days=7, seconds=-1)
+    assert httpx.get(url).status_code == 200
+    h.clock.advance(1)
+    page = httpx.get(url)
+    assert page.status_code == 410 and "已过期" in page.text and "名单 1" in page.text and "王阿姨" not in page.text
+    assert httpx.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")).status_code == 403
+    fresh = h.c.chains.csv_link(chain_row(h, token))          # what 名单 <id> / the pick list mints now
+    assert fresh != url and httpx.get(fresh).status_code == 200
+
+
+def test_a_csv_link_minted_before_an_admin_token_rotation_still_works(synced):
+    from pydantic import SecretStr
+
+    h = synced
+    _, url = _closed_with_csv_link(h)
+    h.cfg = h.cfg.model_copy(update={"admin_token": SecretStr("rotated-admin-token"),
+                                     "link_keys": [SecretStr("harness")]})          # the harness's old token
+    h.restart_bot()
+    r = httpx.get(url)
+    assert r.status_code == 200 and "王阿姨" in r.text
+    h.cfg = h.cfg.model_copy(update={"link_keys": []})
+    h.restart_bot()
+    assert httpx.get(url).status_code == 403
+
+
+# -- 作废 void: a clerk voids fake orders by the number the list shows; the stock returns -----------
+
+def last_reply(h, clerk, start):
+    """The clerk's latest reply beginning so (milestone messages interleave with command replies)."""
+    return [m for m in replies(h, clerk) if m.startswith(start)][-1]
+
+
+def test_a_clerk_voids_fake_orders_by_their_list_number_and_the_stock_returns(synced):
+    h = synced
+    token, _ = open_chain(h, stock=6, limit=2)
+    real = order(h, token, name="王阿姨", tail="1234", qty=2).json()
+    fake = [order(h, token, name=f"假{i}", tail=f"000{i}", qty=2).json() for i in (1, 2)]
+    assert chain_row(h, token).stock_left == 0
+    h.driver.clerk_says("zhangsan", "名单 1")
+    h.pump()
+    listing = last_reply(h, "zhangsan", "#1 ")
+    assert "1. 王** 尾号1234 ×2" in listing and "3. 假* 尾号0002 ×2" in listing and "作废 1-" in listing
+    h.driver.clerk_says("lisi", "作废 1-2")                          # another store's clerk: refused
+    h.driver.clerk_says("zhangsan", "作废 1-2~3")
+    h.pump()
+    assert "没有你门店的 1 号团购" in replies(h, "lisi")[-1]
+    reply = last_reply(h, "zhangsan", "已作废")
+    assert "已作废 #1 阳光玫瑰葡萄 2 单，退回 4 份，现剩 4 份" in reply
+    assert "· 1-2 假* 尾号0001 ×2" in reply and "· 1-3 假* 尾号0002 ×2" in reply
+    assert chain_row(h, token).stock_left == 4
+    h.driver.clerk_says("zhangsan", "作废 1-3 1-9")                  # again, and one that is not there
+    h.driver.clerk_says("zhangsan", "名单 1")
+    h.pump()
+    again, listing = last_reply(h, "zhangsan", "· 1-3"), last_reply(h, "zhangsan", "#1 ")
+    assert "1-3：之前已作废，未改动" in again and "1-9：没有这一单，未改动" in again
+    assert chain_row(h, token).stock_left == 4                      # nothing given back twice
+    assert "1人 2份" in listing and "2. 假* 尾号0001 ×2 已作废" in listing and "1. 王** 尾号1234 ×2" in listing
+    # The page: the fake ones are gone from the public list; their holder sees why; the stock is on sale again.
+    page = httpx.get(f"{h.bot.url}/c/{token}?mine={fake[0]['order_token']}").text
+    assert "已被店员作废" in page and "接龙名单（1人）" in page
+    assert httpx.delete(f"{h.bot.url}/c/{token}/orders/{fake[0]['order_token']}").json()["remaining"] == 4
+    assert order(h, token, name="李叔", tail="5678", qty=2).status_code == 201
+    assert order(h, token, name="假1", tail="0001", qty=2).status_code == 201   # the allowance came back too
+    assert real["order_token"] not in page
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("作废 12-3", ((12, 3),)),
+    ("void #12-3", ((12, 3),)),
+    ("作废 12-3 12-5", ((12, 3), (12, 5))),
+    ("作废 12-3，5、8", ((12, 3), (12, 5), (12, 8))),                  # bare numbers continue chain 12
+    ("作废 12-3~5", ((12, 3), (12, 4), (12, 5))),
+    ("作废 １２－３～４", ((12, 3), (12, 4))),                            # a phone keyboard's full-width signs
+    ("作废 12-3 13-1", ((12, 3), (13, 1))),
+    ("作废 12-3 12-3", ((12, 3),)),
+])
+def test_void_arguments(text, expected):
+    from bot.commands.chains import parse_void_args
+    assert parse_void_args(text.split(" ", 1)[1]).orders == expected
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("3", "团购编号-序号"), ("12-0", "从 1 开始"), ("12-5~3", "从小到大"), ("12-1~101", "最多作废 100 单"),
+    ("", "请写要作废的报名"), ("12-x", "看不懂"),
+])
+def test_void_arguments_that_say_what_is_wrong(text, hint):
+    from bot.chains.parse import CommandSyntaxError
+    from bot.commands.chains import parse_void_args
+    with pytest.raises(CommandSyntaxError, match=hint):
+        parse_void_args(text)
+
+
+def test_help_lists_void(synced):
+    h = synced
+    h.driver.clerk_says("zhangsan", "帮助")
+    h.pump()
+    assert "作废 / void：" in replies(h, "zhangsan")[-1]
+
+
+def test_a_voided_order_shows_as_voided_in_the_csv(synced):
+    h = synced
+    token, _ = open_chain(h, stock=6, limit=2)
+    order(h, token, name="假1", tail="0001", qty=2)
+    h.driver.clerk_says("zhangsan", "作废 1-1")
+    h.driver.clerk_says("zhangsan", "截单 1")
+    h.pump()
+    pick = [m for m in replies(h, "zhangsan") if "备货名单" in m][-1]
+    assert "已作废 1 单，不计入" in pick
+    csv = httpx.get(re.search(r"(http\S+orders\.csv\S+)", pick).group(1)).text
+    assert "假1,0001,2" in csv and csv.strip().splitlines()[-1].endswith(",已作废")

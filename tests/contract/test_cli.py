@@ -39,8 +39,9 @@ stores:
 
 
 def test_db_upgrade(tmp_path, db_url, capsys):
+    head = max(p.name[:4] for p in (ROOT / "bot" / "db" / "migrations" / "versions").glob("0*.py"))
     assert main(["--config", str(config_for(tmp_path, db_url)), "db", "upgrade"]) == 0
-    assert "database at revision 0004" in capsys.readouterr().out
+    assert f"database at revision {head}" in capsys.readouterr().out
 
 
 def test_sync_through_the_cli_against_the_sandbox(tmp_path, db_url, capsys):
@@ -66,6 +67,75 @@ def test_serve_refuses_the_placeholder_admin_token(tmp_path, capsys):
     cfg = config_for(tmp_path, f"sqlite:///{tmp_path / 'x.db'}")
     assert main(["--config", str(cfg), "serve"]) == 1
     assert "admin_token" in capsys.readouterr().err
+
+
+PLACEHOLDER_REFUSED = "admin_token: still the placeholder 'change-me'"
+
+
+@pytest.mark.parametrize("argv,name", [(["serve"], "serve"), (["slot", "fire", "10:00"], "slot fire"),
+                                       (["slot", "fire", "10:00", "--no-send"], "slot fire"), (["qr", "check"], "qr check")],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_every_command_that_mints_links_refuses_the_placeholder_admin_token(tmp_path, capsys, argv, name):
+    """Links are signed with a key derived from admin_token: under the placeholder, `slot fire` used to
+    queue sidebar links that serve (configured properly) then rejected."""
+    db = tmp_path / "x.db"
+    cfg = config_for(tmp_path, f"sqlite:///{db}")
+    assert main(argv + ["--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"{cfg}: {PLACEHOLDER_REFUSED}" in err and f"before `{name}`" in err
+    assert not db.exists()        # refused before bootstrap: nothing queued, no database made
+
+
+def test_commands_that_mint_no_links_run_with_the_placeholder(tmp_path, db_url, capsys):
+    cfg = config_for(tmp_path, db_url)
+    assert main(["db", "upgrade", "--config", str(cfg)]) == 0
+    assert main(["check", "--config", str(cfg)]) == 0
+    assert PLACEHOLDER_REFUSED not in capsys.readouterr().err
+
+
+def test_slot_fire_with_a_real_admin_token_is_not_refused(tmp_path, capsys):
+    cfg = config_for(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", extra="").read_text(encoding="utf-8")
+    p = tmp_path / "real.yaml"
+    p.write_text(cfg.replace("admin_token: change-me", "admin_token: a-real-token-4f9c"), encoding="utf-8")
+    assert main(["slot", "fire", "10:00", "--date", "2026-11-23", "--no-send", "--config", str(p)]) == 0
+    assert PLACEHOLDER_REFUSED not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "{cfg}", "db", "upgrade"],
+    ["db", "upgrade", "--config", "{cfg}"],
+    ["db", "--config", "{cfg}", "upgrade"],
+    ["--config", "{other}", "db", "upgrade", "--config", "{cfg}"],   # the subcommand's, when given, wins
+    ["-v", "db", "upgrade", "--config", "{cfg}"],
+    ["db", "upgrade", "-v", "--config", "{cfg}"],
+], ids=lambda a: " ".join(a))
+def test_config_is_taken_before_or_after_the_subcommand(tmp_path, capsys, argv):
+    cfg = config_for(tmp_path, f"sqlite:///{tmp_path / 'x.db'}")
+    assert main([a.format(cfg=cfg, other=tmp_path / "nope.yaml") for a in argv]) == 0
+    assert f"({'sqlite:///' + str(tmp_path / 'x.db')})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["serve", "--config", "{nope}"], ["check", "--config", "{nope}"],
+                                  ["slot", "fire", "10:00", "--config", "{nope}"], ["qr", "check", "--config", "{nope}"],
+                                  ["report", "--config", "{nope}"], ["sync", "--config", "{nope}"],
+                                  ["sandbox", "--config", "{nope}"]], ids=lambda a: " ".join(a[:2]))
+def test_every_subcommand_reads_the_config_it_is_given_after_it(tmp_path, capsys, argv):
+    nope = tmp_path / "given-after.yaml"
+    assert main([a.format(nope=nope) for a in argv]) in (1, 2)
+    err = capsys.readouterr().err
+    assert f"{nope}: config file not found" in err
+
+
+def test_wecom_bot_config_names_the_file_when_no_option_is_given(tmp_path, capsys, monkeypatch):
+    cfg = config_for(tmp_path, f"sqlite:///{tmp_path / 'x.db'}")
+    monkeypatch.chdir(tmp_path / "..")          # no ./config.yaml to fall back on
+    monkeypatch.setenv("WECOM_BOT_CONFIG", str(cfg))
+    assert main(["db", "upgrade"]) == 0
+    assert str(tmp_path / "x.db") in capsys.readouterr().out
+    monkeypatch.setenv("WECOM_BOT_CONFIG", str(tmp_path / "nope.yaml"))
+    assert main(["db", "upgrade", "--config", str(cfg)]) == 0             # the option beats the variable
+    assert main(["db", "upgrade"]) == 2
+    assert f"{tmp_path / 'nope.yaml'}: config file not found" in capsys.readouterr().err
 
 
 def test_config_errors_exit_2_with_key_and_file(tmp_path, capsys):

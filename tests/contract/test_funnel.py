@@ -6,8 +6,7 @@ from sqlalchemy import select
 
 from bot.db.engine import reads_of
 from bot.db.models import FunnelFact, GroupChat, GroupMember, QrFinding
-from bot.funnel.qr_health import check_wecom_side
-from bot.funnel.report import funnel
+from bot.funnel.figures import funnel
 
 
 def facts(h, kind=None):
@@ -135,7 +134,7 @@ def test_a_burst_of_adds_before_its_joins_is_not_a_stall(synced):
         h.driver.member_joins_group("SZ001", ext)
     h.pump()
     h.clock.advance(600)
-    check_wecom_side(h.c)
+    h.c.check_qr()
     assert findings(h) == []
 
 
@@ -147,7 +146,7 @@ def test_ripe_adds_are_caught_by_the_scheduled_check(synced):
     h.pump()
     assert findings(h) == []                             # nothing is older than the grace yet
     h.clock.advance(6 * 60)
-    check_wecom_side(h.c)                                # what the 5-minute job runs
+    h.c.check_qr()                                # what the 5-minute job runs
     (f,) = findings(h)
     assert f.kind == "stalled" and f.evidence["adds"] == 9
 
@@ -165,7 +164,7 @@ def test_a_full_join_way_is_repaired_and_said_so(synced):
     h = synced
     h.backend.break_qr("SZ001", "full")
     h.clock.advance(3700)                                # counts older than an hour are read again
-    counts = check_wecom_side(h.c)
+    counts = h.c.check_qr()
     h.pump()
     assert counts["repaired"] == 1
     way = [w for w in h.backend.join_ways.values() if w["state"] == "SZ001"][0]
@@ -180,8 +179,8 @@ def test_a_full_join_way_that_cannot_be_repaired_is_an_open_finding(synced):
     h.backend.break_qr("SZ001", "full")
     h.clock.advance(3700)
     h.backend.inject("externalcontact/groupchat/update_join_way", 48002, times=10)
-    check_wecom_side(h.c)
-    check_wecom_side(h.c)                                # a second pass: no second alert
+    h.c.check_qr()
+    h.c.check_qr()                                # a second pass: no second alert
     h.pump()
     (f,) = [f for f in findings(h) if f.resolved_at is None]
     assert f.kind == "full" and f.evidence["groups"] >= 1
@@ -191,7 +190,7 @@ def test_a_full_join_way_that_cannot_be_repaired_is_an_open_finding(synced):
 def test_a_deleted_join_way_is_recreated(synced):
     h = synced
     h.backend.break_qr("SZ002", "deleted")
-    check_wecom_side(h.c)
+    h.c.check_qr()
     h.pump()
     assert "SZ002" in {w["state"] for w in h.backend.join_ways.values()}
     assert any("已自动修复" in m and "群二维码已失效" in m for m in messages_to(h, "lisi"))
@@ -201,7 +200,7 @@ def test_a_gone_qr_that_cannot_be_recreated_stays_open(synced):
     h = synced
     h.backend.break_qr("SZ002", "deleted")
     h.backend.inject("externalcontact/groupchat/add_join_way", 48002, times=10)
-    check_wecom_side(h.c)
+    h.c.check_qr()
     h.pump()
     (f,) = findings(h)
     assert f.kind == "gone" and f.resolved_at is None
@@ -226,11 +225,11 @@ def test_clerk_commands_stats_qr_help_and_unknown(synced):
 
 
 def test_report_command_prints_the_funnel(synced, capsys):
-    from bot.funnel.report import print_report
+    from bot.report import print_report
     h = synced
     add_and_join(h, "SZ001")
     h.pump()
-    print_report(h.c, h.clock.now().date())
+    print_report(h.c.sessions, h.c.settings.tz, h.clock.now().date())
     out = capsys.readouterr().out
     assert "SZ001" in out and "100%" in out and "QR findings: none open" in out
 

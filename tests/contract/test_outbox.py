@@ -6,15 +6,15 @@ from datetime import timedelta
 from bot import events as ev
 from sqlalchemy import update
 
-from bot.db.claim import claim_due
+from bot.messaging.claims import claim_due
 from bot.db.models import Event, Outbox
-from bot.inbox import EventDispatcher
-from bot.outbox import Executor, OutboxRepo
-from bot.uow import UnitOfWork
+from bot.messaging.inbox import EventDispatcher
+from bot.messaging.outbox import Executor, OutboxRepo
+from bot.messaging.uow import UnitOfWork
 from tests.contract.helpers import count, outbox, welcomes
 
 
-def queue_app_messages(h, n, kind="send"):
+def queue_app_messages(h, n, kind="app_message"):
     with UnitOfWork(h.c.sessions, h.clock) as uow:
         for i in range(n):
             uow.outbox.add(kind, f"test:{i}", {"touser": ["zhangsan"], "msgtype": "text",
@@ -93,7 +93,7 @@ def test_a_failing_handler_leaves_its_event_retryable(synced):
 
     def broken(evt, uow):
         calls.append(evt)
-        uow.outbox.add("send", "never", {})
+        uow.outbox.add("app_message", "never", {})
         raise RuntimeError("boom")
 
     d = EventDispatcher(h.c.sessions, h.clock, {ev.ContactAdded: [broken]}, {}, owner="t")
@@ -133,7 +133,7 @@ def test_a_batch_settles_in_one_go_but_row_by_row(harness):
     queue_app_messages(h, 4)
     stolen, broken = "test:1", "test:2"
     settled = []
-    send = h.c.executors["send"]
+    send = h.c.executors["app_message"]
 
     def send_then_lose_lease(client, row):
         result = send.send(client, row)
@@ -144,12 +144,12 @@ def test_a_batch_settles_in_one_go_but_row_by_row(harness):
 
     def settle(s, row, outcome, now):
         settled.append(row.key)
-        OutboxRepo(s, h.clock).add("send", f"after:{row.key}", {})  # a domain write of this settle
+        OutboxRepo(s, h.clock).add("app_message", f"after:{row.key}", {})  # a domain write of this settle
         if row.key == broken:
             raise RuntimeError("a bug in a settle")
 
     w = h.c.outbox_worker("w")
-    w.executors = {**w.executors, "send": Executor("send", send_then_lose_lease, send.decide, settle)}
+    w.executors = {**w.executors, "app_message": Executor("app_message", send_then_lose_lease, send.decide, settle)}
     w.batch = 4
     assert w.run_once() == 4
     rows = {r.key: r for r in outbox(h)}

@@ -135,3 +135,48 @@ def test_welcome_with_background_workers_under_a_burst(synced):
     assert all(d.acked for d in deliveries)
     assert h.wait_for(lambda: len(h.backend.welcomes) == 30, timeout=20)
     assert max(w["latency"] for w in h.backend.welcomes) < 20
+
+
+def test_a_missing_welcome_attachment_still_welcomes_inside_20s_with_text_and_qr(db_url, clock, tmp_path):
+    """A typo in welcome.attachments once expired every welcome (the row retried past the window).
+    Now the attachment that cannot be read is left out and recorded; every kind the schema takes goes."""
+    import shutil
+
+    from bot.sandbox.harness import Harness
+    from tests.conftest import ROOT, STORES
+
+    cal = tmp_path / "content_calendar"
+    shutil.copytree(ROOT / "content_calendar", cal)
+    shutil.copy(cal / "media" / "grapes.png", cal / "media" / "banner.png")
+    (cal / "stores" / "SZ001.yaml").write_text(
+        "welcome:\n  attachments:\n    - {image: media/banner.png}\n    - {file: media/grapes.png}\n"
+        "    - {link: {title: 本周团购, url: 'https://example.com/c'}}\n", encoding="utf-8")
+    h = Harness(database_url=db_url, stores=STORES, clock=clock, calendar_dir=cal, workers=False).start()
+    try:
+        assert not h.sync().failed
+        assert h.c.content.last_error is None
+        (cal / "media" / "banner.png").unlink()   # gone after the content was checked and loaded
+        h.driver.member_adds_clerk("SZ001")
+        h.pump()
+        (sent,) = h.backend.welcomes
+        assert sent["latency"] < 20
+        kinds = [a["msgtype"] for a in sent["attachments"]]
+        assert kinds == ["image", "file", "link"]          # the group QR, the file, the link; the lost one left out
+        w = only_welcome(h)
+        assert (w.status, w.qr_attached, w.reason) == ("sent", True, "attachment_left_out")
+    finally:
+        h.stop()
+
+
+def test_check_reports_a_missing_welcome_attachment_as_file_line(tmp_path):
+    import shutil
+
+    from bot.welcome.content import WelcomeContent
+    from tests.conftest import ROOT
+
+    cal = tmp_path / "content_calendar"
+    shutil.copytree(ROOT / "content_calendar", cal)
+    (cal / "stores" / "SZ001.yaml").write_text("welcome:\n  attachments:\n    - {image: media/typo.png}\n",
+                                               encoding="utf-8")
+    content = WelcomeContent(cal)
+    assert content.last_error and "SZ001.yaml:3:" in content.last_error and "media/typo.png" in content.last_error

@@ -92,6 +92,11 @@ CHECK_CASES = [
      "does not render"),
     ("week:\n  mon:\n    \"10:00\": {kind: qa, text: \"{{ store.nam }}\"}\n", 3, "has no attribute 'nam'"),
     ("week:\n  mon:\n    \"10:00\": {kind: qa, template: nope.j2}\n", 3, "'nope.j2' not found"),
+    ("week:\n  mon:\n    \"10:00\":\n      kind: qa\n      text: |\n        hi\n        {{ store.__class__ }}\n", 7,
+     "access to attribute '__class__' of 'dict' object is unsafe"),                     # the sandbox
+    ("week:\n  mon:\n    \"10:00\": {kind: qa, text: \"{{ lipsum }}\"}\n", 3, "'lipsum' is undefined"),
+    ("week:\n  mon:\n    \"10:00\": {kind: qa, text: \"{% include '../../config.yaml' %}\"}\n", 3,
+     "template file '../../config.yaml' not found"),
     ("week:\n  mon:\n    \"10:00\":\n      kind: qa\n      text: x\n      attachments:\n        - image: media/nope.png\n",
      7, "not found"),
     ("week:\n  mon:\n    \"10:00\":\n      kind: qa\n      text: x\n      attachments: [{sticker: a.png}]\n", 6,

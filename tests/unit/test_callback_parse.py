@@ -80,3 +80,80 @@ def test_doctype_is_refused():
     with pytest.raises(CallbackRejected) as e:
         v.open("sig", "1", "n", b'<!DOCTYPE x [<!ENTITY a "b">]><xml><Encrypt>&a;</Encrypt></xml>')
     assert e.value.status == 400
+
+
+def _verifier():
+    return CallbackVerifier(token="t", encoding_aes_key="a" * 43, corp_id=CORP, clock=FakeClock())
+
+
+@pytest.mark.parametrize("body", [
+    b"<xml><Encrypt>" + b"x" * 600 + b'</Encrypt><!DOCTYPE x [<!ENTITY a "b">]></xml>',   # past the first 512 bytes
+    b'<xml><Encrypt>abc</Encrypt><!entity a "b"></xml>',                                   # any case
+    b"<?xml version='1.0'?>\n  <!DoCtYpE xml SYSTEM 'file:///etc/passwd'><xml><Encrypt>a</Encrypt></xml>",
+    b"<xml><!-- a comment --><Encrypt>abc</Encrypt></xml>",
+])
+def test_a_markup_declaration_anywhere_in_the_envelope_is_refused(body):
+    with pytest.raises(CallbackRejected) as e:
+        _verifier().open("sig", "1", "n", body)
+    assert e.value.status == 400 and "declaration" in e.value.reason
+
+
+def test_an_entity_in_the_decrypted_payload_is_refused_before_parsing():
+    from bot.wecom.callback import _parse_xml
+
+    payload = "<xml><MsgType>text</MsgType>" + "<Content>hi</Content>" * 100 + '<!ENTITY a "b"></xml>'
+    with pytest.raises(CallbackRejected) as e:
+        _parse_xml(payload, "payload")
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"CreateTime": "1000000000000"}, "CreateTime out of range"),
+    ({"CreateTime": "1"}, "CreateTime out of range"),
+    ({"CreateTime": "１７６３８５９６００"}, "CreateTime is not a number"),      # full-width digits
+    ({"CreateTime": ""}, "no CreateTime"),
+    ({"MsgId": "12ab"}, "MsgId is not a number"),
+    ({"UserID": "u" * 500}, "UserID is not a short text field"),
+    ({"Content": "长" * 5000}, "Content over"),
+])
+def test_a_signed_payload_with_absurd_fields_is_refused(fields, why):
+    from bot.wecom.callback import check_fields
+
+    now = 1763859600
+    base = {"ToUserName": CORP, "FromUserName": "sys", "CreateTime": str(now), "MsgType": "event"}
+    with pytest.raises(CallbackRejected) as e:
+        check_fields({**base, **fields}, now)
+    assert e.value.status == 400 and why in e.value.reason
+
+
+def test_sane_fields_pass_and_a_stored_absurd_time_does_not_raise():
+    from bot.wecom.callback import check_fields
+
+    now = 1763859600
+    check_fields({"CreateTime": str(now - 600), "MsgType": "text", "MsgId": "7318", "Content": "数据"}, now)
+    e = parse_event(event_xml(CORP, 10**12, {"Event": "change_external_contact", "ChangeType": "del_follow_user",
+                                             "UserID": "u", "ExternalUserID": "wm1"}))
+    assert e.at.year == 1970   # an old poisoned row parses; it no longer retries forever
+
+
+def test_rate_limited_log_tells_a_minutes_allowance_then_how_many_it_held_back():
+    import logging
+
+    from bot.logs import RateLimitedLog
+
+    now = [0.0]
+    records: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.ratelog")
+    logger.addHandler(Catch())
+    logger.propagate = False
+    log = RateLimitedLog(logger, per_minute=3, monotonic=lambda: now[0])
+    told = [log.warning("rejected %d", i) for i in range(10)]
+    assert told == [True] * 3 + [False] * 7 and records == ["rejected 0", "rejected 1", "rejected 2"]
+    now[0] = 61.0
+    assert log.warning("rejected %d", 10)
+    assert records[-2:] == ["7 similar lines were held back in the last minute", "rejected 10"]

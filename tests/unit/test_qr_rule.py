@@ -1,7 +1,7 @@
 from datetime import datetime, timedelta, timezone
 
 from bot.config import QrHealthSettings
-from bot.funnel.qr_health import expected_conversion, stalled_verdict
+from bot.funnel.stalled import expected_conversion, stalled_verdict
 
 T0 = datetime(2026, 11, 23, 1, tzinfo=timezone.utc)
 CFG = QrHealthSettings()

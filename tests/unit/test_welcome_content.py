@@ -32,6 +32,7 @@ def test_broken_edit_keeps_last_good(tmp_path):
     time.sleep(0.01)
     (tmp_path / "default.yaml").write_text("welcome: [broken\n", encoding="utf-8")
     os.utime(tmp_path / "default.yaml", None)
+    content.reload_if_changed()          # the scheduler's 10-second tick, not the welcome, reloads
     w = content.render(store_code="SZ001", store_name="店", clerk="u")
     assert "入群领券" in w.text
     assert content.last_error and "default.yaml:" in content.last_error
@@ -44,6 +45,21 @@ def test_failing_template_falls_back_to_builtin(tmp_path):
     content.reload_if_changed()
     w = content.render(store_code="SZ001", store_name="深圳店", clerk="u")
     assert "深圳店" in w.text
+    # told at load, as file:line, before a customer gets the fallback
+    assert content.last_error.startswith(f"{tmp_path / 'templates' / 'mine.j2'}:1: welcome template 'mine.j2'")
+    assert "'no_such_variable' is undefined" in content.last_error
+
+
+def test_an_edited_template_is_checked_on_reload(tmp_path):
+    content = make(tmp_path, "welcome:\n  template: mine.j2\n")
+    (tmp_path / "templates" / "mine.j2").write_text("{{ store.name }}好", encoding="utf-8")
+    content._stamp = ()
+    content.reload_if_changed()
+    assert content.last_error is None
+    (tmp_path / "templates" / "mine.j2").write_text("好\n{{ store.__class__ }}", encoding="utf-8")
+    os.utime(tmp_path / "templates" / "mine.j2", ns=(1, 1))          # a new stamp without sleeping
+    content.reload_if_changed()
+    assert content.last_error and ":2: welcome template 'mine.j2'" in content.last_error and "unsafe" in content.last_error
 
 
 def test_text_is_capped_at_4000_bytes(tmp_path):
@@ -51,8 +67,12 @@ def test_text_is_capped_at_4000_bytes(tmp_path):
     assert len(content.render(store_code="S", store_name="店", clerk="u").text.encode()) <= 4000
 
 
-def test_app_text_and_fit_lines_respect_wecoms_byte_limit():
-    from bot.text import app_text, fit_lines
-    assert len(app_text("u", "名" * 3000)["content"]["content"].encode()) <= 2048
-    msg = fit_lines("头", [f"{i}. 王** 尾号1234 ×2 深圳科技园店福利1群" for i in range(200)], "完整表格：http://x/y.csv")
-    assert len(msg.encode()) <= 2048 and msg.endswith("完整表格：http://x/y.csv") and "……还有" in msg
+def test_attach_group_qr_no_is_the_same_mistake_here_as_in_check(tmp_path):
+    """One reader for content_calendar/: YAML 1.2 keeps `no` a word, which the schema refuses as a
+    boolean; before, the welcome read it as YAML 1.1 False while `check` called it an error."""
+    content = make(tmp_path)
+    (tmp_path / "stores").mkdir(exist_ok=True)
+    (tmp_path / "stores" / "SZ001.yaml").write_text("welcome:\n  attach_group_qr: no\n", encoding="utf-8")
+    content.reload_if_changed()
+    assert content.last_error and "SZ001.yaml:2" in content.last_error and "attach_group_qr" in content.last_error
+    assert content.spec_for("SZ001").attach_group_qr is True     # the last good content keeps running

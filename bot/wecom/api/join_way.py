@@ -3,6 +3,7 @@ from wechatpy.client.api.base import BaseWeChatAPI
 MAX_CHATS = 5          # chat_id_list holds at most 5 groups
 MAX_STATE = 30         # state ≤ 30 UTF-8 chars
 MAX_ROOM_BASE_NAME = 40
+SCAN_JOIN_LIMIT = 200  # scan-to-join stops at 200 members (groups hold 500)
 
 
 class JoinWayAPI(BaseWeChatAPI):

@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
 from bot.db.models import Store
-from bot.outbox import OutboxRepo
+from bot.messaging.outbox import OutboxRepo
 
 
 class StoreRepo:

@@ -3,7 +3,6 @@ settled per shared/wecom-facts.md §3: 41051 done, 41096 retry inside the window
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from datetime import datetime
 
@@ -12,9 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.db.engine import reads_of
 from bot.db.models import Outbox, Store, Welcome
-from bot.media import MediaLibrary
-from bot.outbox import Executor, Outcome, default_decide
-from bot.welcome.content import WelcomeContent
+from bot.media import MediaLibrary, attachment_body
+from bot.messaging.outbox import Executor, Outcome, default_decide
+from bot.welcome.content import ContentError, WelcomeContent
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
 
@@ -30,7 +29,8 @@ def ensure_group_qr_media(media: MediaLibrary, client: WeComClient, store_code: 
                         filename=f"{store_code}-group-qr.png")
 
 
-def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, content: WelcomeContent) -> Executor:
+def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welcome_content: WelcomeContent) -> Executor:
+    content = welcome_content
     reads = reads_of(sessions)
 
     def send(client: WeComClient, row: Outbox) -> dict:
@@ -52,14 +52,14 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, conte
                     log.warning("welcome %s: group QR not attached (%s)", row.key, e)
                     notes.append("qr_upload_failed")
         for extra in p.get("attachments", []):
-            if "image" in extra:
-                path = content.attachment_path(extra["image"])
-                data = path.read_bytes()
-                digest = hashlib.sha256(data).hexdigest()[:16]
-                media_id = media.ensure(f"file:{digest}", digest, lambda d=data: d, filename=path.name)
-                attachments.append({"msgtype": "image", "image": {"media_id": media_id}})
-            elif "link" in extra:
-                attachments.append({"msgtype": "link", "link": extra["link"]})
+            # Every kind the schema takes (image, video, file, link, miniprogram), as the broadcast sends
+            # them. One that cannot be read or uploaded is left out: the text and the group QR still go
+            # inside the 20 s, and the row says what was dropped.
+            try:
+                attachments.append(attachment_body(extra, media, content))
+            except (OSError, ContentError, ValueError, KeyError, WeComError) as e:
+                log.warning("welcome %s: attachment %s left out (%s)", row.key, extra, e)
+                notes.append("attachment_left_out")
         client.external_contact.send_welcome_msg(
             {"welcome_code": p["welcome_code"], "text": {"content": p["text"]}, "attachments": attachments[:9]})
         return {"qr_attached": qr_attached, "attachments": len(attachments), "notes": notes}
@@ -93,3 +93,6 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, conte
             qr_attached=bool(outcome.result.get("qr_attached")), reason=(reason or None) and str(reason)[:64]))
 
     return Executor("send_welcome_msg", send, decide, settle)
+
+
+EXECUTORS = {"send_welcome_msg": welcome_executor}

@@ -10,7 +10,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.clock import Clock
+from bot.db.engine import reads_of
 
 
 def _due(model, now: datetime):
@@ -34,3 +37,33 @@ def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int,
             .execution_options(synchronize_session=False))
     # RETURNING gives no order: put the batch back in claim order (a clerk's replies in turn).
     return sorted(session.scalars(stmt), key=lambda r: (r.priority, r.next_attempt_at, r.id))
+
+
+class ClaimLoop:
+    """The shape both pipelines share: look (a read), claim a batch of due rows of `model` under a
+    lease (a write), process them. The event dispatcher and the outbox worker differ only in
+    `process`."""
+
+    model: type
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, *, owner: str, lease_seconds: int, batch: int):
+        self.sessions = sessions
+        self.clock = clock
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch = batch
+        self.reads = reads_of(sessions)
+
+    def run_once(self) -> int:
+        """Claim and process one batch; the number of rows."""
+        with self.reads() as r:
+            if not anything_due(r, self.model, self.clock.now()):
+                return 0
+        with self.sessions.begin() as s:
+            rows = claim_due(s, self.model, now=self.clock.now(), owner=self.owner, limit=self.batch,
+                             lease=self.lease)
+        self.process(rows)
+        return len(rows)
+
+    def process(self, rows: list) -> None:
+        raise NotImplementedError

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from bot.db.models import FunnelFact, Outbox
+from bot.db.models import Outbox
 from bot.funnel.facts import apply_member_list
-from bot.outbox import Executor, Outcome, default_decide
+from bot.funnel.findings import QrHealth
+from bot.messaging.outbox import Executor, Outcome, default_decide
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
 
@@ -18,7 +18,8 @@ LAG_RETRIES = 6          # × LAG_STEP seconds: past this, reconcile with what W
 LAG_STEP = 2.0
 
 
-def groupchat_get_executor(on_joins: Callable[[Session, list[FunnelFact], datetime], None]) -> Executor:
+def groupchat_get_executor(qr_health: QrHealth) -> Executor:
+    on_joins = qr_health.on_joins
     def send(client: WeComClient, row: Outbox) -> dict:
         group = client.external_contact_group_chat.get(row.payload["chat_id"])
         present = {m["userid"] for m in group.get("member_list", [])}
@@ -44,3 +45,6 @@ def groupchat_get_executor(on_joins: Callable[[Session, list[FunnelFact], dateti
         on_joins(s, joins, now)
 
     return Executor("groupchat_get", send, decide, settle)
+
+
+EXECUTORS = {"groupchat_get": groupchat_get_executor}

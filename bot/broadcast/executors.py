@@ -3,9 +3,7 @@ the reminder (an app textcard opening the sidebar) per clerk, and the follow-ups
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import mimetypes
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -13,43 +11,15 @@ from sqlalchemy.orm import Session
 
 from bot.calendar.calendar import ContentCalendar
 from bot.db.models import BroadcastTask, Outbox, SlotDelivery
-from bot.media import MediaLibrary
-from bot.outbox import Executor, Outcome, OutboxRepo, default_decide
+from bot.media import MediaLibrary, attachment_body, media_key
+from bot.messaging.app_messages import send_app_message
+from bot.messaging.outbox import Executor, Outcome, OutboxRepo, default_decide
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_OUTCOME = (None, errcodes.NETWORK_ERROR, errcodes.HTTP_ERROR)  # the call may have reached WeCom
-INVALID_MEDIA_ID = 40007
-
-
-def media_key(relative: str) -> str:
-    return f"cal:{relative}"
-
-
-def attachment_body(att: dict, media: MediaLibrary, calendar: ContentCalendar) -> dict:
-    """A calendar attachment as WeCom's attachments[] item; files become media_ids uploaded once and
-    re-uploaded before their 3 days run out (or when the file changed)."""
-    (kind, value), = att.items()
-
-    def media_id(relative: str, media_type: str) -> str:
-        path = calendar.attachment_path(relative)
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return media.ensure(media_key(relative), f"sha256:{digest}", lambda: data, filename=path.name,
-                            media_type=media_type, content_type=ctype)
-
-    if kind in ("image", "video", "file"):
-        return {"msgtype": kind, kind: {"media_id": media_id(value, kind)}}
-    if kind == "link":
-        return {"msgtype": "link", "link": {k: v for k, v in value.items() if v}}
-    if kind == "miniprogram":
-        return {"msgtype": "miniprogram", "miniprogram": {"title": value["title"], "appid": value["appid"],
-                                                          "page": value["page"],
-                                                          "pic_media_id": media_id(value["pic"], "image")}}
-    raise ValueError(f"unknown attachment kind {kind!r}")
 
 
 def _adopt_created(client: WeComClient, p: dict, since: datetime) -> str | None:
@@ -81,7 +51,7 @@ def mass_executor(media: MediaLibrary, calendar: ContentCalendar) -> Executor:
         return client.external_contact.add_msg_template(body)
 
     def decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
-        if err.errcode == INVALID_MEDIA_ID:  # expired or unknown media: upload again, then retry
+        if err.errcode == errcodes.INVALID_MEDIA_ID:  # expired or unknown media: upload again, then retry
             for a in row.payload.get("attachments", []):
                 (kind, value), = a.items()
                 rel = value if isinstance(value, str) else value.get("pic")
@@ -127,7 +97,7 @@ class _Fixed:
         return self._now
 
 
-def reminder_executor(send_app_message) -> Executor:
+def reminder_executor() -> Executor:
     """One textcard per clerk and slot; the reminder groups move to `reminded`."""
 
     def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
@@ -170,3 +140,7 @@ def cancel_executor() -> Executor:
                   .values(status="cancelled", reason="内容已过期，群主未确认，已取消群发"))
 
     return Executor("cancel_groupmsg_send", send, None, settle)
+
+
+EXECUTORS = {"add_msg_template": mass_executor, "slot_reminder": reminder_executor,
+             "remind_groupmsg_send": remind_executor, "cancel_groupmsg_send": cancel_executor}

@@ -23,16 +23,14 @@ from bot.db.engine import reads_of
 from bot.db.models import GroupChat, Store
 from bot.funnel.facts import apply_member_list
 from bot.media import MediaLibrary
-from bot.welcome.sender import ensure_group_qr_media
+from bot.welcome.executors import ensure_group_qr_media
 from bot.wecom import errcodes
-from bot.wecom.api.join_way import MAX_CHATS
+from bot.wecom.api.join_way import MAX_CHATS, SCAN_JOIN_LIMIT
 from bot.wecom.client import WeComClient, WeComError
+from bot.wecom.errcodes import CONFIG_GONE
 
 log = logging.getLogger(__name__)
 
-SCAN_JOIN_LIMIT = 200  # scan-to-join stops at 200 members (groups hold 500)
-# What WeCom answers for a config_id it no longer has (41044 invalid config_id; 40058 for some APIs).
-CONFIG_GONE = frozenset({errcodes.INVALID_CONFIG_ID, errcodes.INVALID_PARAMETER})
 
 
 @dataclass

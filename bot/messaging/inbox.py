@@ -15,17 +15,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import events as ev
 from bot.clock import Clock
-from bot.db.claim import anything_due, claim_due
-from bot.db.engine import reads_of, urgent_of
-from bot.db.group_commit import GroupCommitter
+from bot.db.engine import urgent_of
 from bot.db.models import Event
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from bot.uow import UnitOfWork
+from bot.messaging.claims import ClaimLoop
+from bot.messaging.group_commit import GroupCommitter
+from bot.messaging.uow import UnitOfWork
 from bot.wecom.callback import InboundCallback, parse_event
 
 log = logging.getLogger(__name__)
@@ -96,28 +96,21 @@ class StoredEvent:
     received_at: datetime
 
 
-class EventDispatcher:
+class EventDispatcher(ClaimLoop):
+    model = Event
+
     def __init__(self, sessions: sessionmaker[Session], clock: Clock,
                  handlers: dict[type, list[Handler]], deps: dict[str, Any], *, owner: str,
                  lease_seconds: int = 30, batch: int = 16):
-        self.sessions = sessions
-        self.clock = clock
+        super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch)
         self.handlers = handlers
         self.deps = deps
-        self.owner = owner
-        self.lease = timedelta(seconds=lease_seconds)
-        self.batch = batch
-        self.reads = reads_of(sessions)
+        # Each handler's arguments, resolved once: a misnamed dependency fails here, at start-up.
+        self._wanted = {h: wanted_args(h, HANDLER_ARGS | set(deps), skip=1) for hs in handlers.values() for h in hs}
 
-    def run_once(self) -> int:
-        with self.reads() as r:
-            if not anything_due(r, Event, self.clock.now()):
-                return 0
-        with self.sessions.begin() as s:
-            rows = claim_due(s, Event, now=self.clock.now(), owner=self.owner, limit=self.batch, lease=self.lease)
+    def process(self, rows: list[Event]) -> None:
         for row in rows:
             self._handle(row)
-        return len(rows)
 
     def _handle(self, row: Event) -> None:
         try:
@@ -145,5 +138,21 @@ class EventDispatcher:
 
     def _call(self, handler: Handler, evt: ev.DomainEvent, uow: UnitOfWork, stored: StoredEvent):
         available = {"uow": uow, "clock": self.clock, "stored": stored, **self.deps}
-        wanted = list(inspect.signature(handler).parameters)[1:]
-        return handler(evt, **{name: available[name] for name in wanted})
+        return handler(evt, **{name: available[name] for name in self._wanted[handler]})
+
+
+HANDLER_ARGS = {"uow", "clock", "stored"}   # what the dispatcher itself hands every handler
+
+
+class WiringError(TypeError):
+    """A handler, executor or command names a dependency nobody provides."""
+
+
+def wanted_args(fn: Callable, available: set[str], *, skip: int = 0) -> tuple[str, ...]:
+    """The parameter names `fn` takes after its first `skip`, each checked against `available`."""
+    names = tuple(inspect.signature(fn).parameters)[skip:]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise WiringError(f"{fn.__module__}.{fn.__qualname__} wants {', '.join(missing)}; "
+                          f"available: {', '.join(sorted(available))}")
+    return names

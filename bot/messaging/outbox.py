@@ -22,8 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
-from bot.db.claim import anything_due, claim_due
-from bot.db.engine import reads_of
+from bot.messaging.claims import ClaimLoop
 from bot.db.models import Outbox
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
@@ -103,34 +102,24 @@ def default_decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
     return Outcome("dead", err.errcode, err.errmsg)
 
 
-class OutboxWorker:
+class OutboxWorker(ClaimLoop):
     """Claims due rows and runs them. Several run as threads; several processes may run them too."""
+
+    model = Outbox
 
     def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock,
                  executors: dict[str, Executor], *, owner: str, lease_seconds: int = 30,
                  batch: int = 8, on_settled: Callable[[Outbox, Outcome], None] | None = None):
-        self.sessions = sessions
+        super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch)
         self.client = client
-        self.clock = clock
         self.executors = executors
-        self.owner = owner
-        self.lease = timedelta(seconds=lease_seconds)
-        self.batch = batch
         self.on_settled = on_settled
-        self.reads = reads_of(sessions)
 
-    def run_once(self) -> int:
-        """Claim and run one batch; the number of rows run."""
-        with self.reads() as r:
-            if not anything_due(r, Outbox, self.clock.now()):
-                return 0
-        with self.sessions.begin() as s:
-            rows = claim_due(s, Outbox, now=self.clock.now(), owner=self.owner, limit=self.batch, lease=self.lease)
+    def process(self, rows: list[Outbox]) -> None:
         # Calls one by one, then one transaction settles the batch: on SQLite every transaction is
         # a turn of the one write lock, and a turn per row was most of a broadcast slot's time. A
         # crash before the settle repeats those calls, which every kind is made safe for (above).
         self._settle([(row, *self._run(row)) for row in rows])
-        return len(rows)
 
     def _run(self, row: Outbox) -> tuple[Executor | None, Outcome]:
         ex = self.executors.get(row.kind)
