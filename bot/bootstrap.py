@@ -44,6 +44,8 @@ from bot.wecom.token_store import SqlTokenStore, TokenStore
 
 log = logging.getLogger(__name__)
 
+RELOAD_SECONDS = 10   # how soon an edit of content_calendar/ reaches every worker process
+
 # In this order: for an add, the welcome is queued before the funnel's work (its 20 s run first).
 HANDLER_MAPS = (welcome_handlers.HANDLERS, funnel_handlers.HANDLERS, command_handlers.HANDLERS)
 EXECUTOR_MAPS = (welcome_executors.EXECUTORS, funnel_executors.EXECUTORS, broadcast_executors.EXECUTORS,
@@ -93,6 +95,7 @@ class Container:
         self.media = MediaLibrary(sessions, self.client, clock)
         self.doorbell = Doorbell()
         self.workers: WorkerPool | None = None   # only in processes that run workers (start_workers)
+        self._reloaded_at = self.clock.timestamp()
         self.recorder = EventRecorder(sessions, clock, on_stored=self.doorbell.ring)
         self.qr_health = QrHealth(clock, st.qr_health)
         self.commands = command_handlers.command_router()
@@ -155,9 +158,21 @@ class Container:
             pool.add(f"dispatch-{i}", dispatch_once)
         for i in range(outbox_threads or self.settings.worker.threads):
             pool.add(f"outbox-{i}", self.outbox_worker(f"outbox-{i}").run_once)
+        # Every process that renders welcomes picks up ops' edits, whichever one holds the scheduler.
+        pool.add("content-reload", self._reload_content)
         pool.start()
         self.workers = pool
         return pool
+
+    def _reload_content(self) -> int:
+        """Every RELOAD_SECONDS: the calendar and the welcome, read again if their files changed (a
+        broken edit keeps the last good one). Not inside a welcome's 20 s."""
+        now = self.clock.timestamp()
+        if now - self._reloaded_at >= RELOAD_SECONDS:
+            self._reloaded_at = now
+            self.calendar.reload_if_changed()
+            self.content.reload_if_changed()
+        return 0
 
     def close(self) -> None:
         self.recorder.stop()

@@ -15,6 +15,8 @@ from bot.config import CONFIG_ENV, PLACEHOLDER_ADMIN_TOKEN, ConfigError, Setting
 
 log = logging.getLogger("bot")
 
+MIN_ADMIN_TOKEN = 12   # the link key: an empty or guessable one lets anyone forge sidebar and CSV links
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -49,11 +51,14 @@ def _config_path(args) -> str:
 
 def _settings(args) -> Settings:
     settings = load_settings(_config_path(args))
-    if getattr(args.func, "mints_links", False) and settings.admin_token.get_secret_value() == PLACEHOLDER_ADMIN_TOKEN:
+    token = settings.admin_token.get_secret_value()
+    if getattr(args.func, "mints_links", False) and (token == PLACEHOLDER_ADMIN_TOKEN or len(token) < MIN_ADMIN_TOKEN):
         command = args.func.__name__.removeprefix("cmd_").replace("_", " ")
-        raise Refused(f"{settings.source}: admin_token: still the placeholder {PLACEHOLDER_ADMIN_TOKEN!r}; set a real "
-                      f"one (or WECOM_BOT_ADMIN_TOKEN) before `{command}`: the links it sends are signed with a key "
-                      "derived from it")
+        what = (f"still the placeholder {PLACEHOLDER_ADMIN_TOKEN!r}" if token == PLACEHOLDER_ADMIN_TOKEN else
+                f"{'empty' if not token else 'shorter than ' + str(MIN_ADMIN_TOKEN) + ' characters'} (anyone could "
+                "forge links signed with it)")
+        raise Refused(f"{settings.source}: admin_token: {what}; set a real one (or WECOM_BOT_ADMIN_TOKEN) before "
+                      f"`{command}`: the links it sends are signed with a key derived from it")
     return settings
 
 
@@ -197,6 +202,7 @@ def cmd_check(args) -> int:
     welcome = WelcomeContent(cal_dir)
     if welcome.last_error:
         problems.append(welcome.last_error)
+    problems += welcome.file_problems
     if args.store and args.store not in codes:
         problems.append(f"{settings.source}:1: --store {args.store}: no configured store has this code")
     if problems:

@@ -14,6 +14,7 @@ import enum
 import hashlib
 import html
 import json
+import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,6 +22,10 @@ from datetime import datetime
 from fastapi.responses import HTMLResponse
 from itsdangerous import BadData, Signer
 from itsdangerous.encoding import base64_decode, base64_encode
+
+from bot.config import PLACEHOLDER_ADMIN_TOKEN
+
+log = logging.getLogger(__name__)
 
 SIDEBAR = "sidebar"                # a slot's sidebar page, from the clerk's reminder
 SIDEBAR_CHAIN = "sidebar-chain"    # a chain's announcement page, from the 开团 reply
@@ -57,7 +62,11 @@ class LinkSigner:
     def from_settings(cls, settings, clock) -> LinkSigner:
         """admin_token signs; link_keys (earlier admin_tokens) still verify. Not the WeCom secret:
         rotating the app secret must break no link already sent."""
-        keys = [k.get_secret_value() for k in settings.link_keys] + [settings.admin_token.get_secret_value()]
+        # An empty or placeholder earlier key would verify links anyone can sign: never a verifying key.
+        old = [k.get_secret_value() for k in settings.link_keys]
+        keys = [k for k in old if k and k != PLACEHOLDER_ADMIN_TOKEN] + [settings.admin_token.get_secret_value()]
+        if len(keys) != len(old) + 1:
+            log.warning("link_keys: %d empty or placeholder entr(ies) ignored", len(old) + 1 - len(keys))
         return cls(keys, clock)
 
     def sign(self, purpose: str, subject: Subject, expires_at: datetime) -> str:

@@ -54,6 +54,17 @@ LEASE_SECONDS = 30    # a holder that stopped renewing is replaced after this, p
 LEASE_NAME = "scheduler"
 
 
+def missed_slots(slots: list[str], now: datetime, grace_minutes: int) -> list[str]:
+    """Today's slots whose time has passed by less than the misfire grace (`now` in the bot's zone)."""
+    out = []
+    for slot in slots:
+        hh, mm = map(int, slot.split(":"))
+        at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        if at <= now < at + timedelta(minutes=grace_minutes):
+            out.append(slot)
+    return out
+
+
 def refresh_group_qr_media(c: Container) -> int:
     """Upload each store's group QR again before its media_id's 3 days run out, so a welcome never
     waits for an upload. Returns how many stores were checked."""
@@ -246,6 +257,13 @@ class Scheduler:
             hh, mm = map(int, slot.split(":"))
             self._add(f"slot:{slot}", run_slot, CronTrigger(hour=hh, minute=mm, timezone=tz), args=[c, slot],
                       misfire_grace_time=b.misfire_grace_minutes * 60)
+        # Taken over (or started) inside a slot's grace: a new cron job would wait for tomorrow, so fire
+        # that slot now. run_slot is idempotent per (day, slot, group): a slot the old holder fired
+        # sends nothing twice.
+        now = c.clock.now().astimezone(tz)
+        for slot in missed_slots(b.slots, now, b.misfire_grace_minutes):
+            log.info("slot %s fell in the takeover gap: firing it now", slot)
+            self._add(f"catch_up:{now.date()}:{slot}", run_slot, "date", args=[c, slot])
         self._add("broadcast_follow_up", follow_up_broadcasts, "interval", minutes=b.follow_up_minutes, args=[c])
         self._add("reload_calendar", reload_calendar, "interval", seconds=10, args=[c])
         self._add("refresh_group_qr_media", refresh_group_qr_media, "interval", hours=6, args=[c],

@@ -60,8 +60,15 @@ def trusted_networks(entries: Iterable[str]) -> tuple[Network, ...]:
 
 
 def _address(text: str) -> Address | None:
+    """An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678` (some load balancers add the port),
+    `2001:db8::1`, `[2001:db8::1]:5678`."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
     try:
-        ip = ipaddress.ip_address(text.strip().strip("[]"))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
     return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip   # ::ffff:a.b.c.d is a.b.c.d

@@ -102,7 +102,7 @@ def main() -> None:
         state = httpx.get(f"{base}/_sandbox/state", timeout=60).json()
         stores = [{"code": f"S{i:04d}", "name": f"门店{i}", "clerks": [f"c{i:04d}"]} for i in range(STORES)]
         raw = {
-            "database_url": db_url, "public_base_url": "http://127.0.0.1:9", "admin_token": "bench",
+            "database_url": db_url, "public_base_url": "http://127.0.0.1:9", "admin_token": "bench-admin-token",
             "calendar_dir": os.path.join(ROOT, "content_calendar"),
             "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret, "token": corp.token,
                       "encoding_aes_key": corp.encoding_aes_key, "api_base_url": f"{base}/cgi-bin/",

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from bot.calendar import files
-from bot.calendar.files import CalendarFile, Problem, read, render, template_env
+from bot.calendar.files import CalendarFile, Problem, compile_template, read, render, template_env
 from bot.text import truncate_utf8
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,12 @@ class ContentCalendar:
         self.dir = Path(calendar_dir)
         self.slots = list(slots)
         self.store_codes = set(store_codes)
-        self.env = template_env(self.dir)
+        # the environment and its compiled texts, swapped together with each accepted reload
+        self._templates: tuple[jinja2.Environment, dict[str, jinja2.Template]] = (template_env(self.dir), {})
         self.snapshot = Snapshot()
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []   # worth fixing, but the calendar still runs (a store file for a closed store)
         self._stamp: tuple = ()
-        self._compiled: dict[str, jinja2.Template] = {}
         self.reload_if_changed()
 
     # -- loading ---------------------------------------------------------------------------
@@ -173,7 +173,8 @@ class ContentCalendar:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
-        snap, problems = self.load()
+        templates = (template_env(self.dir), {})   # a fresh one: edited partials are read, and checked
+        snap, problems = self.load(templates)
         self.problems = [p for p in problems if not p.warning]
         self.warnings = [p for p in problems if p.warning]
         problems = self.problems
@@ -182,12 +183,11 @@ class ContentCalendar:
                 log.error("content calendar not reloaded, the last good one keeps running:\n%s",
                           "\n".join(map(str, problems)))
             return False
-        self.snapshot = snap
-        self._compiled = {}
+        self.snapshot, self._templates = snap, templates
         log.info("content calendar loaded (%d files)", len(self.files()))
         return True
 
-    def load(self) -> tuple[Snapshot, list[Problem]]:
+    def load(self, templates=None) -> tuple[Snapshot, list[Problem]]:
         snap, problems = Snapshot(), []
         for path in self.files():
             f, ps = read(path)
@@ -216,10 +216,10 @@ class ContentCalendar:
                                                             region.get("dates") or {})))
         if any(not p.warning for p in problems):
             return snap, problems
-        problems += self._semantic_problems(snap)
+        problems += self._semantic_problems(snap, templates)
         return snap, problems
 
-    def _semantic_problems(self, snap: Snapshot) -> list[Problem]:
+    def _semantic_problems(self, snap: Snapshot, templates=None) -> list[Problem]:
         problems = []
         sample = self.sample_context()
         for layer, path, entry in snap.every_entry():
@@ -230,7 +230,7 @@ class ContentCalendar:
             for i, att in enumerate(entry.attachments):
                 problems += self._attachment_problems(f, path + ("attachments", i), att)
             try:
-                text = self._render_text(entry, sample)
+                text = self._render_text(entry, sample, templates)
             except jinja2.TemplateError as e:
                 problems.append(self._template_problem(f, path, entry, e))
                 continue
@@ -312,13 +312,18 @@ class ContentCalendar:
                             clerk=clerk, day=day, slot=slot, chains=[chain], group={"chat_id": "wr_sample",
                                                                                     "name": "示例门店福利群"})
 
-    def _render_text(self, entry: Entry, ctx: dict) -> str:
+    @property
+    def env(self) -> jinja2.Environment:
+        return self._templates[0]
+
+    def _render_text(self, entry: Entry, ctx: dict, templates=None) -> str:
+        env, compiled = templates or self._templates
         if entry.text is None:
-            tpl = self.env.get_template(entry.template)
+            tpl = compile_template(env, name=entry.template)
         else:
-            tpl = self._compiled.get(entry.text)
+            tpl = compiled.get(entry.text)
             if tpl is None:  # compiling costs a millisecond; a slot renders thousands of times
-                tpl = self._compiled[entry.text] = self.env.from_string(entry.text)
+                tpl = compiled[entry.text] = compile_template(env, source=entry.text)
         return render(tpl, ctx).strip()
 
     def render(self, entry: Entry, ctx: dict) -> Rendered:

@@ -247,7 +247,7 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self, loader: jinja2.BaseLoader):
         super().__init__(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
-                         lstrip_blocks=True, auto_reload=True, finalize=_shown)
+                         lstrip_blocks=True, auto_reload=False, finalize=_shown)
         self.globals.clear()
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
@@ -263,9 +263,24 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
 
 def template_env(calendar_dir: Path) -> TemplateSandbox:
     """Templates for the calendar and the welcome: the calendar's `templates/`, then the built-in
-    ones. Strict: a misspelt variable is an error `check` reports, not an empty string in a group."""
+    ones. Strict: a misspelt variable is an error `check` reports, not an empty string in a group.
+    No auto-reload: an edited partial reaches live renders only with the calendar that was checked
+    with it (each accepted reload builds a fresh environment)."""
     return TemplateSandbox(jinja2.ChoiceLoader([ConfinedLoader(Path(calendar_dir) / "templates"),
                                                 ConfinedLoader(BUILTIN_TEMPLATES, suffix=".j2")]))
+
+
+def compile_template(env: jinja2.Environment, *, name: str | None = None, source: str | None = None
+                     ) -> jinja2.Template:
+    """Load a template file (`name`) or compile calendar text (`source`). Jinja's parser can raise what is
+    not a TemplateError (a RecursionError on `{{ ((((…)))) }}` a hundred deep): that too is a template
+    error here, so `check` names it and `serve` keeps the last good calendar."""
+    try:
+        return env.get_template(name) if name is not None else env.from_string(source or "")
+    except jinja2.TemplateError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised as a template error, not swallowed
+        raise jinja2.TemplateSyntaxError(f"cannot compile ({type(e).__name__})", 1, name) from e
 
 
 def render(template: jinja2.Template, ctx: dict[str, Any]) -> str:

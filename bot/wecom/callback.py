@@ -48,11 +48,14 @@ class InboundCallback:
 # WeCom's payloads are plain elements and CDATA. Any other markup declaration (a DOCTYPE, an ENTITY,
 # anywhere, in any case) is refused before a parser sees it: no entity expansion, no external fetch.
 _DECLARATION = re.compile(rb"<!(?!\[CDATA\[)", re.IGNORECASE)
+# In the decrypted payload (signed by WeCom) CDATA is a clerk's text, which may say "<!": not markup.
+_CDATA = re.compile(rb"<!\[CDATA\[.*?\]\]>", re.DOTALL)
 
 
 def _parse_xml(text: str | bytes, what: str) -> dict:
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    if _DECLARATION.search(raw):
+    # The envelope comes from anyone and holds only ids and base64: no exemption there.
+    if _DECLARATION.search(raw if what == "envelope" else _CDATA.sub(b"", raw)):
         raise CallbackRejected(400, f"{what}: markup declarations (DOCTYPE, ENTITY, comments) are not accepted")
     try:
         doc = xmltodict.parse(raw, disable_entities=True)

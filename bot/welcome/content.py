@@ -11,7 +11,7 @@ from typing import Any
 
 import jinja2
 
-from bot.calendar.files import attachment_path, read, render, template_env
+from bot.calendar.files import attachment_path, compile_template, read, render, template_env
 from bot.text import truncate_utf8
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class WelcomeContent:
         self._stores: dict[str, dict[str, Any]] = {}
         self._clerk_names: dict[str, str] = {}
         self.last_error: str | None = None
+        self.file_problems: list[str] = []   # attachments whose file is missing: told by check, left out at send
         self.reload_if_changed()
 
     def _files(self) -> list[Path]:
@@ -66,15 +67,20 @@ class WelcomeContent:
             return
         self._stamp = stamp
         try:
-            default, stores, names = self._load(files)
+            env = template_env(self.dir)   # a fresh one: an edited template is read, and checked
+            default, stores, names, missing = self._load(files, env)
         except ContentError as e:
             self.last_error = str(e)
             log.error("welcome content not reloaded, the last good one stays: %s", e)
             return
         self._default, self._stores, self._clerk_names, self.last_error = default, stores, names, None
+        self.env = env
+        self.file_problems = missing
+        for m in missing:
+            log.error("welcome attachment missing (left out of welcomes until fixed): %s", m)
 
-    def _load(self, files: list[Path]):
-        default, stores, names = dict(DEFAULTS), {}, {}
+    def _load(self, files: list[Path], env: jinja2.Environment):
+        default, stores, names, missing = dict(DEFAULTS), {}, {}, []
         for f in files:
             # the calendar's own reader (YAML 1.2 scalars, line numbers, the schema): `attach_group_qr: no`
             # is the same mistake here as in `check`, not False
@@ -85,7 +91,7 @@ class WelcomeContent:
             if wrong:
                 raise ContentError(str(wrong[0]))
             doc = parsed.data
-            self._check_files(parsed, (doc.get("welcome") or {}) if isinstance(doc, dict) else {})
+            missing += self._missing_files(parsed, (doc.get("welcome") or {}) if isinstance(doc, dict) else {})
             welcome = doc.get("welcome") or {}
             if not isinstance(welcome, dict):
                 raise ContentError(f"{f}: welcome: expected a mapping")
@@ -99,13 +105,15 @@ class WelcomeContent:
                 names.update({str(k): str(v) for k, v in (doc.get("clerk_names") or {}).items()})
         for where, code, spec in [("default.yaml", "SZ001", default),
                                   *((f"stores/{c}.yaml", c, {**default, **s}) for c, s in stores.items())]:
-            self._try_render(self.dir / where, spec, {**SAMPLE, "store": {"code": code, "name": "示例门店"},
+            self._try_render(env, self.dir / where, spec, {**SAMPLE, "store": {"code": code, "name": "示例门店"},
                                                       "benefit": str(spec.get("benefit") or "")})
-        return default, stores, names
+        return default, stores, names, missing
 
-    def _check_files(self, parsed, welcome: dict) -> None:
-        """The attachments' files exist inside the calendar folder: told by `check` as file:line, not
-        found missing by a customer's welcome (which would then go out without it)."""
+    def _missing_files(self, parsed, welcome: dict) -> list[str]:
+        """The attachments whose file is not inside the calendar folder, as file:line for `check`. One
+        store's typo must not cost every store its welcome, so the content still loads (the send leaves
+        the attachment out)."""
+        missing = []
         attachments = welcome.get("attachments") if isinstance(welcome, dict) else None
         for i, att in enumerate(attachments if isinstance(attachments, list) else []):
             if not isinstance(att, dict) or len(att) != 1:
@@ -120,15 +128,16 @@ class WelcomeContent:
             except ValueError:
                 ok = False
             if not ok:
-                raise ContentError(f"{parsed.path}:{parsed.line(('welcome', 'attachments', i))}: welcome attachment "
-                                   f"{rel!r}: no such file in {self.dir}")
+                missing.append(f"{parsed.path}:{parsed.line(('welcome', 'attachments', i))}: welcome attachment "
+                               f"{rel!r}: no such file in {self.dir}")
+        return missing
 
-    def _try_render(self, yaml_file: Path, spec: dict[str, Any], ctx: dict[str, Any]) -> None:
+    def _try_render(self, env: jinja2.Environment, yaml_file: Path, spec: dict[str, Any], ctx: dict[str, Any]) -> None:
         """Render with sample values, so a template that fails (a misspelt name, or one reaching for
         Python internals, which the sandbox refuses) is told by `check` as file:line, not found by a customer."""
         name = spec.get("template", BUILTIN_TEMPLATE)
         try:
-            render(self.env.get_template(name), ctx)
+            render(compile_template(env, name=name), ctx)
         except jinja2.TemplateNotFound as e:
             raise ContentError(f"{yaml_file}:{_template_key_line(yaml_file)}: welcome.template {name!r}: template "
                                f"file {e.name!r} not found in {self.dir / 'templates'}") from None
@@ -151,7 +160,7 @@ class WelcomeContent:
         ctx = {"store": {"code": store_code, "name": store_name}, "clerk": clerk,
                "clerk_name": self._clerk_names.get(clerk, clerk), "benefit": store_benefit or spec.benefit}
         try:
-            text = render(self.env.get_template(spec.template), ctx)
+            text = render(compile_template(self.env, name=spec.template), ctx)
         except jinja2.TemplateError as e:
             # A welcome still goes out inside its 20 s: fall back to the built-in wording.
             log.error("welcome template %s failed for %s (%s); using the built-in one", spec.template, store_code, e)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.db.engine import reads_of
 from bot.db.models import Outbox, Store, Welcome
-from bot.media import MediaLibrary, attachment_body
+from bot.media import MediaLibrary, attachment_body, media_key
 from bot.messaging.outbox import Executor, Outcome, default_decide
 from bot.welcome.content import ContentError, WelcomeContent
 from bot.wecom import errcodes
@@ -71,8 +71,13 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welco
             return Outcome("expired", err.errcode, err.errmsg)
         if err.errcode == errcodes.WELCOME_BEING_SENT:
             return Outcome("retry", err.errcode, err.errmsg, retry_in=1.0)
-        if err.errcode == errcodes.INVALID_MEDIA_ID:
+        if err.errcode == errcodes.INVALID_MEDIA_ID:   # any of the media may be the stale one: upload all again
             media.forget(group_qr_media_key(row.payload["store_code"]))
+            for extra in row.payload.get("attachments", []):
+                (kind, value), = extra.items()
+                rel = value if isinstance(value, str) else (value or {}).get("pic")
+                if rel:
+                    media.forget(media_key(rel))
             return Outcome("retry", err.errcode, err.errmsg, retry_in=0.1)
         if err.errcode in errcodes.RETRYABLE:  # short steps: the window is 20 s, not minutes
             return Outcome("retry", err.errcode, err.errmsg, retry_in=min(4.0, 0.5 * 2 ** row.attempts))

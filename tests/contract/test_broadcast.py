@@ -443,3 +443,26 @@ def test_a_template_that_fails_live_for_one_store_fails_its_groups_and_the_slot_
     assert report.failed == len(failed) > 0 and {r.owner for r in failed} == {"zhangsan"}
     assert all("内容模板出错" in r.reason for r in failed)
     assert {t["creator"] for t in templates(h)} == {"lisi", "wangwu"}     # SZ002's mass messages still went
+
+
+def test_a_sidebar_card_whose_template_fails_live_says_so_and_offers_no_send(synced, monkeypatch):
+    import jinja2
+
+    h = synced
+    at(h, 10)
+    fire(h, "10:00")
+    url = reminders_to(h, "zhangsan")[0]["textcard"]["url"]
+    broken = h.groups["SZ001"][0]
+    real = h.c.calendar.render
+
+    def render(entry, ctx):
+        if ctx.get("group", {}).get("chat_id") == broken:
+            raise jinja2.UndefinedError("list object has no element 0")
+        return real(entry, ctx)
+
+    monkeypatch.setattr(h.c.calendar, "render", render)
+    page = httpx.get(url)
+    assert page.status_code == 200 and "暂时不能发送" in page.text
+    card = page.text.split(f'<section class="card" data-chat="{broken}">', 1)[1].split("</section>", 1)[0]
+    assert "发送到本群" not in card and "已发送" not in card
+    assert "小张早安" in page.text                         # the other group's card is whole

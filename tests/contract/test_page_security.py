@@ -185,6 +185,8 @@ def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(db_url, clock, tr
     ("10.0.0.2", ["1.2.3.4, garbage"], ["10.0.0.0/8"], "10.0.0.2"),          # not an address: stop
     ("10.0.0.2", [], ["10.0.0.2"], "10.0.0.2"),
     ("::ffff:10.0.0.2", ["2001:db8::1"], ["10.0.0.0/8"], "2001:db8::1"),
+    ("10.0.0.2", ["1.2.3.4:5678"], ["10.0.0.0/8"], "1.2.3.4"),               # a load balancer that adds the port
+    ("10.0.0.2", ["[2001:db8::1]:5678"], ["10.0.0.0/8"], "2001:db8::1"),
 ])
 def test_client_address(peer, xff, trusted, expected):
     assert client_address(peer, xff, trusted_networks(trusted)) == expected

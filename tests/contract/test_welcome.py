@@ -178,5 +178,9 @@ def test_check_reports_a_missing_welcome_attachment_as_file_line(tmp_path):
     shutil.copytree(ROOT / "content_calendar", cal)
     (cal / "stores" / "SZ001.yaml").write_text("welcome:\n  attachments:\n    - {image: media/typo.png}\n",
                                                encoding="utf-8")
+    (cal / "stores" / "SZ002.yaml").write_text("welcome:\n  benefit: 海岸城专享\n", encoding="utf-8")
     content = WelcomeContent(cal)
-    assert content.last_error and "SZ001.yaml:3:" in content.last_error and "media/typo.png" in content.last_error
+    (problem,) = content.file_problems
+    assert "SZ001.yaml:3:" in problem and "media/typo.png" in problem
+    # one store's typo costs no other store its welcome: the content still loaded
+    assert content.last_error is None and content.spec_for("SZ002").benefit == "海岸城专享"

@@ -183,3 +183,32 @@ def _config(tmp_path: Path, cal_dir: Path) -> Path:
           - {{code: SZ001, name: 深圳科技园店, clerks: [zhangsan]}}
           - {{code: SZ002, name: 深圳海岸城店, clerks: [lisi, wangwu]}}
         """)
+
+
+def test_a_broken_partial_reaches_no_live_render_until_a_calendar_checked_with_it_loads(cal_dir):
+    """Jinja's auto_reload used to put an edited partial straight into live renders, past the check
+    that refused the reload: the last good calendar must include the last good partial too."""
+    import os
+    import time
+
+    write(cal_dir / "templates" / "partials" / "hello.j2", "你好 {{ store.name }}")
+    write(cal_dir / "stores" / "SZ001.yaml", """
+        week:
+          mon:
+            "10:00": {kind: qa, text: '{% include "partials/hello.j2" %}'}
+        """)
+    cal = ContentCalendar(cal_dir, slots=SLOTS, store_codes=["SZ001"], log_problems=False)
+    assert not cal.problems
+    monday = date(2026, 11, 23)
+    ctx = cal.sample_context({"code": "SZ001", "name": "科技园店", "benefit": ""}, "zhangsan", day=monday, slot="10:00")
+    entry = cal.day("SZ001", monday)["10:00"]
+    assert cal.render(entry, ctx).text == "你好 科技园店"
+    time.sleep(0.01)
+    write(cal_dir / "templates" / "partials" / "hello.j2", "你好 {{ no_such_name }}")
+    os.utime(cal_dir / "templates" / "partials" / "hello.j2", None)
+    assert cal.reload_if_changed() is False and cal.problems
+    assert cal.render(entry, ctx).text == "你好 科技园店"            # still the checked partial
+    write(cal_dir / "templates" / "partials" / "hello.j2", "您好 {{ store.name }}")
+    os.utime(cal_dir / "templates" / "partials" / "hello.j2", None)
+    assert cal.reload_if_changed() is True
+    assert cal.render(cal.day("SZ001", monday)["10:00"], ctx).text == "您好 科技园店"

@@ -157,3 +157,13 @@ def test_rate_limited_log_tells_a_minutes_allowance_then_how_many_it_held_back()
     now[0] = 61.0
     assert log.warning("rejected %d", 10)
     assert records[-2:] == ["7 similar lines were held back in the last minute", "rejected 10"]
+
+
+def test_a_clerk_typing_markup_inside_cdata_is_text_not_a_declaration():
+    from bot.wecom.callback import _parse_xml
+
+    fields = _parse_xml("<xml><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[<!DOCTYPE 试试 <!-- x -->]]>"
+                        "</Content></xml>", "payload")
+    assert fields["Content"] == "<!DOCTYPE 试试 <!-- x -->"
+    with pytest.raises(CallbackRejected):   # but a declaration outside the CDATA still is one
+        _parse_xml("<xml><Content><![CDATA[hi]]></Content><!ENTITY a 'b'></xml>", "payload")

@@ -236,3 +236,25 @@ stores:
   - {{code: SZ002, name: 深圳海岸城店, clerks: [lisi]}}
 """, encoding="utf-8")
     return p
+
+
+def test_a_template_too_deep_for_the_parser_is_a_template_error_not_a_crash(tmp_path):
+    """Jinja's parser raises RecursionError on `{{ ((((1)))) }}` two hundred deep: outside the sandbox's
+    render, that used to crash `check` with a traceback and keep `serve` from starting."""
+    import shutil
+
+    from bot.calendar.calendar import ContentCalendar
+    from bot.welcome.content import WelcomeContent
+
+    cal_dir = tmp_path / "content_calendar"
+    shutil.copytree(ROOT / "content_calendar", cal_dir)
+    deep = "{{ " + "(" * 200 + "1" + ")" * 200 + " }}"
+    (cal_dir / "stores" / "SZ002.yaml").write_text(f'week:\n  mon:\n    "10:00": {{kind: qa, text: "{deep}"}}\n',
+                                                   encoding="utf-8")
+    cal = ContentCalendar(cal_dir, slots=["10:00", "12:00", "16:00", "20:00"], store_codes=["SZ001", "SZ002"],
+                          log_problems=False)
+    assert any("SZ002.yaml:3" in str(p) and "cannot compile" in str(p) for p in cal.problems)
+    (cal_dir / "templates" / "welcome.j2").write_text(deep, encoding="utf-8")
+    content = WelcomeContent(cal_dir)
+    assert content.last_error and "welcome.j2:1" in content.last_error
+    assert "欢迎" in content.render(store_code="SZ001", store_name="店", clerk="u").text   # the built-in wording
