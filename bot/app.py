@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bot.bootstrap import Container
 from bot.broadcast.sidebar import sidebar_router
 from bot.chains.routes import chain_router
+from bot.funnel.qr_page import qr_router
+from bot.health import check_health
 from bot.logs import RateLimitedLog
 from bot.web import BodyRejected, SecurityHeaders, read_capped
 from bot.wecom.callback import CallbackRejected
@@ -29,6 +31,7 @@ def create_app(c: Container) -> FastAPI:
     app.mount("/static", StaticFiles(packages=[("bot", "static")]), name="static")
 
     rejections = RateLimitedLog(log, per_minute=20)   # a garbage flood must not flood the log
+    unhealthy = RateLimitedLog(log, per_minute=2)     # probes ask every few seconds
 
     def rejected(e: CallbackRejected) -> Response:
         c.metrics.callbacks.labels(f"rejected_{e.status}").inc()
@@ -60,10 +63,17 @@ def create_app(c: Container) -> FastAPI:
 
     app.include_router(chain_router(c))
     app.include_router(sidebar_router(c))
+    app.include_router(qr_router(c))
 
     @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
+    def healthz(verbose: bool = False):
+        # 200 stays the bare {"status": "ok"} probes and older checks expect; `?verbose=1` shows
+        # the checks (as Kubernetes' /healthz?verbose), and a 503 always says why.
+        h = check_health(c.sessions, c.clock, own_process=c.heartbeat.id if c.heartbeat else None)
+        if h.ok:
+            return h.body() if verbose else {"status": "ok"}
+        unhealthy.warning("healthz failing: %s", "; ".join(h.reasons))
+        return JSONResponse(h.body(), status_code=503)
 
     @app.get("/metrics")
     def metrics():

@@ -31,10 +31,18 @@ from bot.media import MediaLibrary
 from bot.messaging import app_messages
 from bot.messaging.inbox import EventDispatcher, EventRecorder, wanted_args
 from bot.messaging.outbox import Executor, Outbox, Outcome, OutboxWorker
+from bot.funnel.qr_page import QrPages
+from bot.messaging.heartbeat import Heartbeat, LeaseBook
 from bot.messaging.worker import Doorbell, WorkerPool, worker_id
 from bot.metrics import Metrics
 from bot.provisioning import Provisioner
+from bot.provisioning import executors as provisioning_executors
 from bot.provisioning.checks import check_wecom_side
+from bot.staff import executors as staff_executors
+from bot.staff import handlers as staff_handlers
+from bot.staff.roster import Roster
+from bot.tags import executors as tag_executors
+from bot.tags import handlers as tag_handlers
 from bot.welcome import executors as welcome_executors
 from bot.welcome import handlers as welcome_handlers
 from bot.welcome.content import WelcomeContent
@@ -48,8 +56,12 @@ RELOAD_SECONDS = 10   # how soon an edit of content_calendar/ reaches every work
 
 # In this order: for an add, the welcome is queued before the funnel's work (its 20 s run first).
 HANDLER_MAPS = (welcome_handlers.HANDLERS, funnel_handlers.HANDLERS, command_handlers.HANDLERS)
+HANDLER_MAPS += (staff_handlers.HANDLERS,)        # staff turnover (issue 13)
+HANDLER_MAPS += (tag_handlers.HANDLERS,)          # store tags (issue 14)
 EXECUTOR_MAPS = (welcome_executors.EXECUTORS, funnel_executors.EXECUTORS, broadcast_executors.EXECUTORS,
-                 app_messages.EXECUTORS)
+                 app_messages.EXECUTORS, provisioning_executors.EXECUTORS)
+EXECUTOR_MAPS += (staff_executors.EXECUTORS,)     # contact way without a departed clerk; handovers
+EXECUTOR_MAPS += (tag_executors.EXECUTORS,)       # mark_tag (store tags, issue 14)
 
 
 def merge_handlers(*maps: Mapping[type, list]) -> dict[type, list]:
@@ -80,7 +92,7 @@ class Container:
         self.clock = clock = clock or SystemClock(st.tz)
         self.engine = engine or make_engine(st.resolved_database_url)
         self.sessions = sessions = make_session_factory(self.engine)
-        self.metrics = Metrics()
+        self.metrics = Metrics(sessions, clock)   # reads backlog and heartbeats on scrape
         w = st.wecom
         self.client = WeComClient(w.corp_id, w.secret.get_secret_value(), agent_id=w.agent_id,
                                   api_base_url=w.api_base_url,
@@ -95,13 +107,17 @@ class Container:
         self.media = MediaLibrary(sessions, self.client, clock)
         self.doorbell = Doorbell()
         self.workers: WorkerPool | None = None   # only in processes that run workers (start_workers)
+        self.leases = LeaseBook()                # rows this process's workers hold, renewed by its heartbeat
+        self.heartbeat: Heartbeat | None = None
         self._reloaded_at = self.clock.timestamp()
         self.recorder = EventRecorder(sessions, clock, on_stored=self.doorbell.ring)
         self.qr_health = QrHealth(clock, st.qr_health)
+        self.roster = Roster(st, clock, self.qr_health)   # who serves each store now (bot.staff)
         self.commands = command_handlers.command_router()
         # every signed link (sidebar, CSV, later /q and admin): admin_token signs, link_keys still verify
         self.links = LinkSigner.from_settings(st, clock)
         self.chains = Chains(st.public_base_url, self.links, clock, st.pages.csv_link_days)
+        self.qr_pages = QrPages(st.public_base_url, self.links, clock, st.pages.qr_link_days)
         self.order_batcher = OrderBatcher(sessions, self.chains, on_notified=self.doorbell.ring)
         self.calendar = ContentCalendar(st.path(st.calendar_dir), slots=st.broadcast.slots,
                                         store_codes=[x.code for x in st.stores])
@@ -111,11 +127,15 @@ class Container:
         self.handlers = merge_handlers(*HANDLER_MAPS)
         self.handler_deps = {
             "welcome_content": self.content, "qr_health": self.qr_health, "commands": self.commands,
+            "qr_pages": self.qr_pages,
+            "roster": self.roster,
+            "tag_settings": st.tags,
             "command_deps": {"tz": st.tz, "chains": self.chains, "broadcaster": self.broadcaster,
                              "sidebar_links": self.sidebar_links}}
         self.executors = build_executors(EXECUTOR_MAPS, {
             "sessions": sessions, "media": self.media, "welcome_content": self.content,
-            "calendar": self.calendar, "qr_health": self.qr_health})
+            "calendar": self.calendar, "qr_health": self.qr_health, "settings": st, "roster": self.roster,
+            "clock": clock})
         # every handler's and command's arguments resolved now: a misnamed one fails at start-up
         self.dispatcher()
         self.commands.check(set(self.handler_deps["command_deps"]))
@@ -128,24 +148,35 @@ class Container:
 
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
         return EventDispatcher(self.sessions, self.clock, self.handlers, self.handler_deps,
-                               owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds)
+                               owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds,
+                               book=self.leases)
 
     def outbox_worker(self, name: str = "outbox") -> OutboxWorker:
         return OutboxWorker(self.sessions, self.client, self.clock, self.executors, owner=worker_id(name),
-                            lease_seconds=self.settings.worker.lease_seconds, on_settled=self._settled)
+                            lease_seconds=self.settings.worker.lease_seconds, on_settled=self._settled,
+                            book=self.leases)
 
     def _settled(self, row: Outbox, outcome: Outcome) -> None:
-        self.metrics.outbox.labels(row.kind, outcome.status).inc()
+        self.metrics.on_settled(row, outcome, self.clock.now())
 
     def provisioner(self) -> Provisioner:
-        return Provisioner(self.sessions, self.client, self.clock, self.media)
+        p = Provisioner(self.sessions, self.client, self.clock, self.media,
+                        ops_userids=self.settings.ops_userids)
+        p.roster = self.roster   # sync's staff step (bot.staff.roster)
+        return p
 
     def check_qr(self, store_codes: list[str] | None = None) -> dict[str, int]:
         """One QR-health pass (the 5-minute job and `wecom-bot qr check`)."""
         return check_wecom_side(self.sessions, self.client, self.clock, self.qr_health, self.provisioner(),
                                 store_codes)
 
-    def start_workers(self, outbox_threads: int | None = None, dispatch_threads: int = 2) -> WorkerPool:
+    def start_workers(self, outbox_threads: int | None = None, dispatch_threads: int = 2,
+                      role: str = "worker") -> WorkerPool:
+        # First the heartbeat: it takes back what a killed previous run of this host left claimed,
+        # and renews the leases of what these workers claim.
+        self.heartbeat = Heartbeat(self.sessions, self.clock, self.leases, role=role,
+                                   lease_seconds=self.settings.worker.lease_seconds)
+        self.heartbeat.start()
         pool = WorkerPool(self.doorbell, self.settings.worker.poll_seconds)
         for i in range(dispatch_threads):
             d = self.dispatcher(f"dispatch-{i}")
@@ -179,6 +210,8 @@ class Container:
         self.order_batcher.stop()
         if self.workers:
             self.workers.stop()
+        if self.heartbeat:
+            self.heartbeat.stop()
         self.engine.dispose()
 
 

@@ -12,15 +12,15 @@ import threading
 from urllib.parse import urlparse
 
 from bot.config import CONFIG_ENV, PLACEHOLDER_ADMIN_TOKEN, ConfigError, Settings, load_settings
+from bot.logs import LOG_FORMATS, configure as configure_logging, uvicorn_log_config
 
 log = logging.getLogger("bot")
 
 MIN_ADMIN_TOKEN = 12   # the link key: an empty or guessable one lets anyone forge sidebar and CSV links
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: bool, fmt: str = "kv") -> None:
+    configure_logging(logging.INFO if verbose else logging.WARNING, fmt)
 
 
 def _day(text: str):
@@ -76,6 +76,9 @@ def cmd_db_upgrade(args) -> int:
 def cmd_sync(args) -> int:
     from bot.bootstrap import bootstrap
 
+    if args.apply and not args.prune:
+        print("sync: --apply goes with --prune (`wecom-bot sync --prune --apply`)", file=sys.stderr)
+        return 2
     settings = _settings(args)
     if not settings.stores:
         print(f"{settings.source}: stores: no stores configured", file=sys.stderr)
@@ -89,8 +92,28 @@ def cmd_sync(args) -> int:
             what = f"error: {r.error}" if r.error else (", ".join(r.changes) or "unchanged")
             print(f"[{n}/{total}] {r.code}: {what}", flush=True)
 
-    report = c.provisioner().sync(settings.stores, concurrency=args.concurrency, progress=progress)
+    provisioner = c.provisioner()
+    report = provisioner.sync(settings.stores, concurrency=args.concurrency, progress=progress)
     print(report.summary())
+    for line in (report.staff.lines() if report.staff is not None else []):   # gone clerks, pending handovers
+        print(line)
+    if report.unassigned:
+        print(f"{len(report.unassigned)} group(s) belong to no store (no broadcasts; ops told):")
+        for chat_id, (owner, why) in sorted(report.unassigned.items()):
+            print(f"  {chat_id} owner {owner}: {why}")
+    if report.retired:
+        print(f"{len(report.retired)} store(s) no longer in the config: "
+              + ", ".join(f"{st.code} {st.name}" for st in report.retired))
+        if not args.prune:
+            print("  `wecom-bot sync --prune` shows what closing them does; `--prune --apply` does it")
+    if args.prune:
+        if not report.retired:
+            print("prune: every store in the database is in the config; nothing to remove")
+        lines = provisioner.prune(report.retired, apply=args.apply)
+        for line in lines:
+            print(("closed: " if args.apply else "would close: ") + line)
+        if report.retired and not args.apply:
+            print("dry run: nothing changed; add --apply to delete these QR codes at WeCom and close the stores")
     c.close()
     return 1 if report.failed else 0
 
@@ -107,7 +130,7 @@ def cmd_serve(args) -> int:
     c = bootstrap(settings, migrate=True)
     scheduler = None
     if args.role in ("all", "worker"):
-        c.start_workers()
+        c.start_workers(role=args.role)
     if args.role in ("all", "scheduler"):
         scheduler = Scheduler(c)
         scheduler.start()
@@ -118,8 +141,9 @@ def cmd_serve(args) -> int:
             # full passes, which otherwise stall every request now and then.
             gc.collect()
             gc.freeze()
-            uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False,
-                        **server_options(settings))
+            # the access log on, through the root handler: the same kv or JSON lines as the bot's
+            uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True,
+                        log_config=uvicorn_log_config(), **server_options(settings))
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -157,6 +181,22 @@ def cmd_report(args) -> int:
     c = bootstrap(settings, migrate=True)
     print_report(c.sessions, settings.tz, args.date or c.clock.now().date())
     c.close()
+    return 0
+
+
+def cmd_digest(args) -> int:
+    """Send the morning digest of --date (default yesterday) now; idempotent per (date, recipient)."""
+    from bot.bootstrap import bootstrap
+    from bot.digest import send_digest
+
+    c = bootstrap(_settings(args), migrate=True)
+    try:
+        report = send_digest(c, args.date)
+        print(report.summary())
+        if report.queued:
+            print(f"{drain_outbox(c, 0)} WeCom call(s) made")
+    finally:
+        c.close()
     return 0
 
 
@@ -246,6 +286,84 @@ def cmd_slot_fire(args) -> int:
     return 0
 
 
+def cmd_dead(args) -> int:
+    """What gave up (failed events, dead outbox rows), newest first; or put one back in the queue."""
+    import json
+
+    from bot.bootstrap import bootstrap
+    from bot.health import NotRetried, gave_up, retry_event, retry_outbox
+
+    c = bootstrap(_settings(args), migrate=True)
+    try:
+        if args.retry is not None or args.event is not None:
+            try:
+                if args.retry is not None:
+                    row = retry_outbox(c.sessions, c.clock, args.retry)
+                    print(f"outbox {row.id} {row.kind} {row.key}: back to pending, attempts reset; serve's workers "
+                          "send it" + ("; uncertain, so WeCom is asked first whether it already has it"
+                                       if row.uncertain else ""))
+                    if row.deadline and row.deadline <= c.clock.now():
+                        print(f"  its deadline passed ({row.deadline.astimezone(c.settings.tz):%Y-%m-%d %H:%M:%S}):"
+                              " it will be recorded expired, not sent")
+                else:
+                    row = retry_event(c.sessions, c.clock, args.event)
+                    print(f"event {row.id} {row.kind}: back to pending, attempts reset; serve's workers handle it")
+            except NotRetried as e:
+                print(e, file=sys.stderr)
+                return 1
+            return 0
+        events, rows, n_events, n_rows = gave_up(c.sessions, args.limit)
+        if args.json:
+            print(json.dumps({"events": [e.as_dict() for e in events], "outbox": [r.as_dict() for r in rows],
+                              "failed_events": n_events, "dead_outbox_rows": n_rows}, ensure_ascii=False, indent=2))
+            return 0
+        if not n_events and not n_rows:
+            print("nothing gave up: no failed events, no dead outbox rows")
+            return 0
+        for title, items, total, option in (("failed events", events, n_events, "--event ID"),
+                                            ("dead outbox rows", rows, n_rows, "--retry ID")):
+            print(f"{total} {title}" + (f" (newest {len(items)}; --limit N for more)" if total > len(items) else "")
+                  + (f"; retry one with {option}" if total else ""))
+            for g in items:
+                at = f"{g.at.astimezone(c.settings.tz):%Y-%m-%d %H:%M:%S}" if g.at else "-"
+                code = f" errcode {g.errcode}" if g.errcode else ""
+                flag = " uncertain" if g.uncertain else ""
+                error = (g.error or "").replace("\n", " ")[:160]
+                print(f"  {g.table} {g.id}  {at}  {g.kind}  {g.key}  attempts {g.attempts}{code}{flag}  {error}")
+        return 0
+    finally:
+        c.close()
+
+
+def cmd_handover(args) -> int:
+    """Print the on-job handover of a clerk's store customers and groups; --apply performs it."""
+    from bot.bootstrap import bootstrap
+    from bot.staff import handover
+    from bot.staff.onjob import plan_onjob
+
+    settings = _settings(args)
+    c = bootstrap(settings, migrate=True)
+    try:
+        plans = plan_onjob(c.sessions, c.client, settings, args.clerk, args.store, args.to)
+        if not plans:
+            print(f"{args.clerk}: nothing to hand over (no store keeps groups or customers of this clerk)")
+            return 0
+        bad = False
+        for plan in plans:
+            print("\n".join(plan.lines()))
+            bad = bad or bool(plan.problems)
+        if not args.apply:
+            print("（只是计划：加 --apply 才会转接）" if not bad else "（有问题，--apply 也不会执行）")
+            return 1 if bad else 0
+        with c.sessions.begin() as s:
+            queued = sum(handover.apply_plan(s, c.clock, plan) for plan in plans)
+        drain_outbox(c, 0)   # the transfers now; their results are followed by `serve`
+        print(f"已提交 {queued} 个转接请求（24小时后完成；客户可拒绝）")
+        return 1 if bad else 0
+    finally:
+        c.close()
+
+
 def drain_outbox(c, wait_seconds: float) -> int:
     """Run the outbox here until nothing is due or waiting within `wait_seconds` (for one-shot commands)."""
     from sqlalchemy import func, select
@@ -269,7 +387,7 @@ def drain_outbox(c, wait_seconds: float) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every command and subcommand takes --config and -v where the user types them (`wecom-bot serve
+    """Every command and subcommand takes --config, -v and --log-format where the user types them (`wecom-bot serve
     --config X`, `wecom-bot --config X serve`, `slot fire 10:00 --config X`): subparsers are built of this
     class too (add_subparsers' default), and SUPPRESS keeps a level that was not given from overwriting
     one that was, so the subcommand's value wins only when given."""
@@ -279,6 +397,8 @@ class _Parser(argparse.ArgumentParser):
         self.add_argument("--config", default=argparse.SUPPRESS,
                           help=f"config file (default: ${CONFIG_ENV}, else ./config.yaml)")
         self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO")
+        self.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
+                          help="log lines as key=value (kv, the default) or JSON objects (json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,11 +425,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = sub.add_parser("sync", help="create or repair each store's contact way and join way")
     sy.add_argument("--concurrency", type=int, default=4)
+    sy.add_argument("--prune", action="store_true",
+                    help="also list what closing the stores no longer in the config would do (a dry run)")
+    sy.add_argument("--apply", action="store_true",
+                    help="with --prune: delete their contact way and join way at WeCom and close them")
     sy.set_defaults(func=cmd_sync)
 
+    ho = sub.add_parser("handover", help="hand a clerk's store customers and groups to a successor (on-job)")
+    ho.add_argument("clerk")
+    ho.add_argument("--store", help="store code (default: every store that no longer lists the clerk)")
+    ho.add_argument("--to", help="the successor (default: the store's successor, else its clerk with fewest customers)")
+    ho.add_argument("--apply", action="store_true", help="perform it (otherwise only print the plan)")
+    ho.set_defaults(func=cmd_handover)
     r = sub.add_parser("report", help="the day's funnel per store, QR findings, welcomes")
     r.add_argument("--date", type=_day, default=None, help="YYYY-MM-DD (default today, in the configured zone)")
     r.set_defaults(func=cmd_report)
+
+    dg = sub.add_parser("digest", help="send the morning digest now; idempotent per (date, recipient)")
+    dg.add_argument("--date", type=_day, default=None,
+                    help="YYYY-MM-DD, the day it reports on (default yesterday, in the configured zone)")
+    dg.set_defaults(func=cmd_digest)
 
     ck = sub.add_parser("check", help="validate config and calendar; print the week's plan")
     ck.add_argument("--store", default=None, help="plan for this store (its region and store overrides)")
@@ -329,6 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     qc = qs.add_parser("check", help="evaluate QR health now and send the alerts it finds")
     qc.set_defaults(func=cmd_qr_check)
 
+    dd = sub.add_parser("dead", help="list failed events and dead outbox rows; retry one")
+    again = dd.add_mutually_exclusive_group()
+    again.add_argument("--retry", type=int, metavar="ID", default=None,
+                       help="put dead outbox row ID back to pending, attempts reset (an uncertain row stays so)")
+    again.add_argument("--event", type=int, metavar="ID", default=None,
+                       help="put failed event ID back to pending, attempts reset")
+    dd.add_argument("--limit", type=int, default=50, help="rows of each kind to list (default 50)")
+    dd.add_argument("--json", action="store_true", help="list as JSON")
+    dd.set_defaults(func=cmd_dead)
+
     db = sub.add_parser("db", help="database")
     dbs = db.add_subparsers(dest="db_command", required=True)
     up = dbs.add_parser("upgrade", help="apply migrations")
@@ -338,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False))
+    _setup_logging(getattr(args, "verbose", False), getattr(args, "log_format", "kv"))
     try:
         return args.func(args)
     except ConfigError as e:

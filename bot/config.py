@@ -87,6 +87,32 @@ class QrHealthSettings(_Strict):
     alpha: float = 0.001  # chance a healthy store is flagged on a given day (see bot.funnel.stalled)
     min_rate: float = 0.2
     grace_minutes: float = 5.0  # an add younger than this has not had its chance to join yet
+    concurrency: int = Field(default=8, ge=1)  # stores a pass checks at once: 4,800 × 2+ calls fit in 5 min
+    # Customers who report from the group-QR page (/q/): this many distinct ones inside window_minutes
+    # open a `reported` finding at once; one report with the stalled rule at report_alpha does too.
+    reports_to_alert: int = Field(default=2, ge=1)
+    report_alpha: float = 0.05
+
+
+class DigestSettings(_Strict):
+    time: str = "09:30"                    # each clerk's morning digest of yesterday (bot.digest), local time
+
+    @field_validator("time")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", v):
+            raise ValueError(f"digest time {v!r} is not HH:MM")
+        return v
+
+
+class TagSettings(_Strict):
+    """Corp customer tags (企业客户标签, bot.tags): every customer added through a store QR gets the tag
+    named after the store in the group `store_group`, and `joined_tag` (in `joined_group`) once they
+    join its group. WeCom caps group and tag names at 30 characters (doc 92117)."""
+    enabled: bool = True
+    store_group: str = Field(default="门店", min_length=1, max_length=30)
+    joined_group: str = Field(default="社群", min_length=1, max_length=30)
+    joined_tag: str = Field(default="已进群", min_length=1, max_length=30)
 
 
 class CallbackSettings(_Strict):
@@ -109,6 +135,7 @@ class PageSettings(_Strict):
     orders_per_address_per_minute: int = 300     # per client address, all buyers together; 0 = no limit
     sidebar_link_grace_hours: int = 6            # a slot's sidebar link works until the end of its day + this
     csv_link_days: int = 7                       # the pick-list CSV link in a clerk's message
+    qr_link_days: int = 30                       # the group-QR page link in a welcome (/q/{token})
 
 
 class Store(_Strict):
@@ -116,6 +143,8 @@ class Store(_Strict):
     name: str
     clerks: list[str] = Field(min_length=1, max_length=100)
     benefit: str | None = None
+    # who takes over a departing clerk's customers and groups; else the remaining clerk with fewest customers
+    successor: str | None = None
 
 
 class Settings(BaseSettings):
@@ -135,6 +164,9 @@ class Settings(BaseSettings):
     link_keys: list[SecretStr] = []     # earlier admin_tokens: links they signed still verify (rotation)
     trusted_proxies: list[str] = []     # addresses (or CIDR networks) whose X-Forwarded-For is believed
     retention_days: int = Field(default=90, ge=7)  # events, outbox rows, deliveries, members' order details
+    ops_userids: list[str] = []         # WeCom members told what only ops can fix (bot.staff.ops)
+    digest: DigestSettings = DigestSettings()
+    tags: TagSettings = TagSettings()   # corp tag group of the store tags, and the 已进群 tag
     stores: list[Store] = []
     stores_file: str | None = None
 
@@ -263,16 +295,18 @@ def _format_error(err: ValidationError, origin: _Origin) -> str:
 
 
 def load_stores_file(path: Path) -> list[dict[str, Any]]:
-    """stores.csv: code,name,clerks[,benefit]; clerks separated by '|' or spaces."""
+    """stores.csv: code,name,clerks[,benefit][,successor]; clerks separated by '|' or spaces."""
     rows = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         for lineno, row in enumerate(csv.DictReader(f), start=2):
             try:
                 clerks = [c for c in re.split(r"[|\s]+", row["clerks"].strip()) if c]
                 rows.append({"code": row["code"].strip(), "name": row["name"].strip(), "clerks": clerks,
-                             **({"benefit": row["benefit"].strip()} if row.get("benefit") else {})})
+                             **({"benefit": row["benefit"].strip()} if row.get("benefit") else {}),
+                             **({"successor": row["successor"].strip()} if (row.get("successor") or "").strip()
+                                else {})})
             except (KeyError, AttributeError):
-                raise ConfigError(f"{path}:{lineno}: expected columns code,name,clerks[,benefit]") from None
+                raise ConfigError(f"{path}:{lineno}: expected columns code,name,clerks[,benefit][,successor]") from None
     return rows
 
 

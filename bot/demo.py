@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from sqlalchemy import func, select
 
 from bot.broadcast.report import slot_figures
 from bot.db.engine import reads_of
-from bot.db.models import Chain, ChainOrder, Event, Outbox, Welcome
+from bot.db.models import Chain, ChainOrder, Event, FunnelFact, Outbox, Welcome
 from bot.report import print_report
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.errors import SandboxError
 from bot.sandbox.harness import Harness
 from bot.scheduler import follow_up_broadcasts, run_slot
+from bot.staff.handover import handover_status
 
 DEMO_STORES = [
     {"code": "SZ001", "name": "深圳科技园店", "clerks": ["zhangsan"]},
@@ -95,15 +97,23 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
         alert = None
         for n in range(1, 30):
             added = driver.member_adds_clerk(broken)
+            ext = added.fields["ExternalUserID"]
             try:
-                driver.member_joins_group(broken, added.fields["ExternalUserID"])
+                driver.member_joins_group(broken, ext)
             except SandboxError:
                 pass  # "scanned it, system error, can't join"
             _drain(c)
+            page = _page_link(backend, ext)
+            if page and n <= 2:   # the first two open the welcome's 「点此进群（二维码打不开点这里）」 and report
+                httpx.get(page)
+                httpx.post(page + "/report", data={"reason": "error"})
+                print(f"   customer {n} could not join, opened the group-QR page from the welcome and tapped "
+                      "「扫码进不了群？告诉店员」")
+                _drain(c)
             alert = next((m for m in backend.app_messages if "二维码异常" in m.get("text", {}).get("content", "")
                           and broken in m["text"]["content"]), None)
             if alert:
-                print(f"   {n} customers added the clerk and could not join; the bot alerted {alert['touser']}:")
+                print(f"   after {n} customers the bot alerted {alert['touser']}:")
                 print("   " + alert["text"]["content"].replace("\n", "\n   "))
                 break
             time.sleep(0.4)
@@ -117,6 +127,26 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
         _drain(c)
         clear = next((m for m in backend.app_messages if "已恢复" in m.get("text", {}).get("content", "")), None)
         print(f"   all-clear to {clear['touser']}: {clear['text']['content']}" if clear else "   no all-clear (unexpected)")
+        recovery = next((t for t in backend.templates.values() if t["chat_type"] == "single"), None)
+        if recovery:
+            n = len(recovery["targets"])
+            print(f"   the {n} customer{'s' if n != 1 else ''} it stranded get{'s' if n == 1 else ''} the working group QR again "
+                  f"(a mass message {recovery['creator']} confirms): {recovery['text']['content']}")
+
+        leaver, store = "wangwu", "SZ002"
+        print(f"\n5b. {leaver} of {store} leaves the company (an admin deletes the member in WeCom)")
+        mine = [ch for ch, g in backend.groups.items() if g.owner == leaver]
+        driver.clerk_leaves(leaver)
+        _drain(c)
+        way = next(w for w in backend.contact_ways.values() if w["state"] == store)
+        print(f"   the counter QR of {store} now reaches {', '.join(way['user'])}")
+        added = driver.member_adds_clerk(store)
+        _drain(c)
+        print(f"   a customer scans it and adds {added.fields['UserID']}: the counter QR keeps working")
+        moved = [ch for ch in mine if ch in backend.groups and backend.groups[ch].owner != leaver]
+        print(f"   {len(moved)}/{len(mine)} of {leaver}'s groups now belong to "
+              f"{', '.join(sorted({backend.groups[ch].owner for ch in moved})) or '-'}; "
+              "customers go over with WeCom's 24-hour takeover")
 
         print("\n6. The clerk asks the bot: 数据 (today's stats)")
         driver.clerk_says("zhaoliu", "数据")
@@ -199,6 +229,9 @@ def _slots(h: Harness) -> str:
         made = list(backend.templates.values())[before:]
         print(f"   {slot}  {report.mass} groups by mass message ({len(made)} owner tasks), "
               f"{report.reminders} by reminder to {len(report.reminded_owners)} clerks")
+        if made:
+            print("      mass message tasks by sender: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(Counter(t["creator"] for t in made).items())))
         for t in made[:-1]:          # the owners tap 发送 in WeCom — all but one, who is reminded later
             backend.confirm_groupmsg(t["msgid"])
     card = next(m for m in backend.app_messages if m["msgtype"] == "textcard")
@@ -230,7 +263,10 @@ def _drain(c, timeout: float = 25) -> None:
 
 def _pending(c) -> int:
     with reads_of(c.sessions)() as s:
-        return (s.scalar(select(func.count()).select_from(Outbox).where(Outbox.status.in_(["pending", "running"])))
+        # due now: a handover's transfer_result look an hour ahead is not work to wait for
+        due = c.clock.now() + timedelta(seconds=5)
+        return (s.scalar(select(func.count()).select_from(Outbox).where(
+                    Outbox.status.in_(["pending", "running", "unknown"]), Outbox.next_attempt_at <= due))
                 + s.scalar(select(func.count()).select_from(Event).where(Event.status.in_(["pending", "running"]))))
 
 
@@ -256,8 +292,24 @@ def _summary(c, backend: WeComBackend, deliveries, dup_statuses, seconds: float)
     print(f"  no welcome possible       {sum(skipped.values())}  ({', '.join(f'{k}: {v}' for k, v in skipped.items()) or '-'})"
           "  ← no_code: the clerk has a console welcome set, so WeCom issues no welcome code")
     print(f"  failed                    {status.get('failed', 0)}")
+    with reads_of(c.sessions)() as s:
+        viewed = s.scalar(select(func.count()).select_from(FunnelFact).where(FunnelFact.kind == "viewed"))
+        reports = s.scalar(select(func.count()).select_from(FunnelFact).where(FunnelFact.kind.like("report:%")))
+        handovers = handover_status(s)
+    print(f"  group-QR page             {viewed} opened, {reports} reported they could not join")
+    for ho in handovers:
+        print(f"  handover                  {ho['from']} → {ho['to']} ({ho['store']}): {ho['customers']} customers "
+              f"(WeCom takes them over within 24 h), {ho['chats_moved']}/{ho['chats']} groups moved")
     print()
     print_report(c.sessions, c.settings.tz, c.clock.now().date())
+
+
+def _page_link(backend: WeComBackend, external_userid: str) -> str | None:
+    """The group-QR page link in the welcome this customer got."""
+    for w in backend.welcomes:
+        if w["external_userid"] == external_userid:
+            return next((a["link"]["url"] for a in w["attachments"] if a["msgtype"] == "link"), None)
+    return None
 
 
 def _chats(backend: WeComBackend, state: str) -> set[str]:

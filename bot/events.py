@@ -68,6 +68,16 @@ class TagChanged(DomainEvent):
 
 
 @dataclass(frozen=True)
+class StaffChanged(DomainEvent):
+    """change_contact: a member was created, updated or deleted (create_user | update_user | delete_user).
+    update_user may carry NewUserID (the member's userid was changed) and Status (5: 退出企业)."""
+    change_type: str
+    userid: str
+    new_userid: str | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True)
 class ClerkTextReceived(DomainEvent):
     """A clerk wrote to the app (commands)."""
     userid: str

@@ -37,7 +37,7 @@ PURPOSES = (SIDEBAR, SIDEBAR_CHAIN, CSV, QR, ADMIN)
 # ASCII only, one spelling per link: no leading zero in the expiry, a sha256 signature is 43 base64url
 # characters. Anything else (签名, %ff, '', truncated) is refused before any HMAC.
 _TOKEN = re.compile(r"([1-9][0-9]{0,11})\.([A-Za-z0-9_-]{43})")
-_B64 = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_B64 = re.compile(r"[A-Za-z0-9_-]{1,300}")
 
 
 class Verdict(enum.Enum):
@@ -90,23 +90,29 @@ class LinkSigner:
             return Verdict.BAD
         return Verdict.OK if self.clock.timestamp() < int(exp) else Verdict.EXPIRED
 
-    # The group-QR page's path has only the token, so the token carries its store code.
-    def sign_qr(self, store_code: str, expires_at: datetime) -> str:
-        return f"{base64_encode(store_code.encode()).decode()}.{self.sign(QR, store_code, expires_at)}"
+    # The group-QR page's path has only the token, so the token carries its subject: the store, and
+    # the add it was made for (one token per add: the page's view and report are that customer's).
+    def sign_qr(self, store_code: str, add_id: str, expires_at: datetime) -> str:
+        head = json.dumps([store_code, add_id], ensure_ascii=False, separators=(",", ":")).encode()
+        return f"{base64_encode(head).decode()}.{self.sign(QR, [store_code, add_id], expires_at)}"
 
-    def verify_qr(self, token) -> tuple[Verdict, str | None]:
-        """(verdict, store code); the store code is None when the token is bad."""
+    def verify_qr(self, token) -> tuple[Verdict, tuple[str, str] | None]:
+        """(verdict, (store code, add id)); the subject is None when the token is bad."""
         head, _, rest = token.partition(".") if isinstance(token, str) else ("", "", "")
         if not _B64.fullmatch(head):
             return Verdict.BAD, None
         try:
-            store = base64_decode(head).decode("utf-8")
-        except (BadData, UnicodeDecodeError):
+            subject = json.loads(base64_decode(head).decode("utf-8"))
+        except (BadData, UnicodeDecodeError, ValueError):
             return Verdict.BAD, None
-        if base64_encode(store.encode()).decode() != head:
+        if not (isinstance(subject, list) and len(subject) == 2 and all(isinstance(p, str) for p in subject)):
             return Verdict.BAD, None
-        verdict = self.verify(QR, store, rest)
-        return verdict, None if verdict is Verdict.BAD else store
+        store, add = subject
+        canonical = json.dumps([store, add], ensure_ascii=False, separators=(",", ":")).encode()
+        if base64_encode(canonical).decode() != head:
+            return Verdict.BAD, None
+        verdict = self.verify(QR, [store, add], rest)
+        return verdict, None if verdict is Verdict.BAD else (store, add)
 
     def _signer(self, purpose: str) -> Signer:
         try:

@@ -14,8 +14,10 @@ from bot.broadcast.report import format_slots, slot_figures
 from bot.db.engine import reads_of
 from bot.db.models import Chain, ChainOrder, Store, Welcome
 from bot.funnel.alerts import KIND_ZH
+from bot.funnel.churn import churned, week_start
 from bot.funnel.figures import StoreFunnel, fmt_delay, fmt_rate, funnel
 from bot.funnel.findings import open_findings
+from bot.provisioning.groups import unassigned
 from bot.text import yuan
 
 
@@ -38,15 +40,25 @@ def print_report(sessions: sessionmaker[Session], tz: ZoneInfo, day: date, out=p
         welcomes = list(s.scalars(select(Welcome).where(Welcome.event_at >= since,
                                                         Welcome.event_at < since + timedelta(days=1))))
     out(f"Funnel {day:%Y-%m-%d} ({tz.key})")
-    out(f"{'store':<8} {'name':<12} {'adds':>5} {'joined':>6} {'conv':>5} {'median':>7} {'QR joins':>8} "
+    out(f"{'store':<8} {'name':<12} {'adds':>5} {'viewed':>6} {'joined':>6} {'conv':>5} {'median':>7} {'QR joins':>8} "
         f"{'other':>5} {'leaves':>6} {'deleted':>7}")
     for st in stores:
         f = figures.get(st.code, StoreFunnel(st.code))
-        out(f"{st.code:<8} {st.name[:10]:<12} {f.adds:>5} {f.converted:>6} {fmt_rate(f.conversion):>5} "
-            f"{fmt_delay(f.median_delay_seconds):>7} {f.joins:>8} {f.joins_other:>5} {f.leaves:>6} {f.clerk_deleted:>7}")
+        out(f"{st.code:<8} {st.name[:10]:<12} {f.adds:>5} {f.viewed:>6} {f.converted:>6} {fmt_rate(f.conversion):>5} "
+            f"{fmt_delay(f.median_delay_seconds):>7} {f.joins:>8} {f.joins_other:>5} {f.leaves:>6} {f.clerk_deleted:>7}"
+            + (f"  (closed {st.closed_at.astimezone(tz):%Y-%m-%d})" if st.closed_at else ""))
         if f.hours:
             out("         by hour (adds/QR joins): " + "  ".join(
                 f"{h:02d}h {f.hours[h].get('add', 0)}/{f.hours[h].get('join', 0)}" for h in sorted(f.hours)))
+    with reads_of(sessions)() as s:
+        gone = churned(s, week_start(day), day, tz)
+    names = {st.code: st.name for st in stores}
+    today = [c for c in gone if c.at.astimezone(tz).date() == day]
+    out(f"Churn {day:%Y-%m-%d}: {sum(c.kind == 'leave' for c in today)} group leaves, "
+        f"{sum(c.kind == 'clerk_deleted' for c in today)} clerk deletions; week from {week_start(day):%m-%d}: "
+        f"{sum(c.kind == 'leave' for c in gone)} leaves, {sum(c.kind == 'clerk_deleted' for c in gone)} deletions")
+    for c in today[:50]:
+        out("  " + c.line(tz, names))
     with reads_of(sessions)() as s:
         slots = slot_figures(s, day)
         until = since + timedelta(days=1)
@@ -70,3 +82,9 @@ def print_report(sessions: sessionmaker[Session], tz: ZoneInfo, day: date, out=p
     out(f"Welcomes: {len(sent)} sent ({sum(w.qr_attached for w in welcomes)} with the group QR), "
         f"{sum(w.status == 'expired' for w in welcomes)} expired, {sum(w.status == 'skipped' for w in welcomes)} skipped")
     print_findings(sessions, tz, out)
+    with reads_of(sessions)() as s:
+        orphans = unassigned(s)
+    if orphans:
+        out(f"Groups without a store: {len(orphans)} (no broadcasts until ops decide; see the ops message)")
+        for g, why in orphans[:50]:
+            out(f"  {g.chat_id} {g.name or ''} owner {g.owner}: {why}")

@@ -95,6 +95,8 @@ def run_slot(c: Container, slot: str, day: date | None = None) -> FireReport:
         c.follow_up().sync_personal_sends(c.clock.now())
     except WeComError as e:
         log.warning("slot %s: clerks' own mass sends not synced (%s); planning with what is known", slot, e)
+    except Exception:   # a bug or a database hiccup there must not cost the chain its slot
+        log.exception("slot %s: clerks' own mass sends not synced; planning with what is known", slot)
     report = c.broadcaster.fire(day, slot)
     c.doorbell.ring()
     return report
@@ -111,6 +113,12 @@ def reload_calendar(c: Container) -> None:
     """Pick up ops' edits; a broken edit is logged (file:line) and the last good calendar keeps running."""
     c.calendar.reload_if_changed()
     c.content.reload_if_changed()
+
+
+def send_morning_digest(c: Container):
+    """The morning digest of yesterday (bot.digest); idempotent per (day, recipient)."""
+    from bot.digest import send_digest
+    return send_digest(c)
 
 
 def purge_old_rows(c: Container) -> dict[str, int]:
@@ -268,6 +276,11 @@ class Scheduler:
         self._add("reload_calendar", reload_calendar, "interval", seconds=10, args=[c])
         self._add("refresh_group_qr_media", refresh_group_qr_media, "interval", hours=6, args=[c],
                   next_run_time=c.clock.now())
+        # one app message per clerk (and the chain-wide one to ops) about yesterday; a late one is still
+        # worth sending, and a second run sends nothing new
+        hh, mm = map(int, c.settings.digest.time.split(":"))
+        self._add("digest", send_morning_digest, CronTrigger(hour=hh, minute=mm, timezone=tz), args=[c],
+                  misfire_grace_time=3 * 3600)
         # at night, when nobody adds clerks: its batches still yield SQLite's write lock between them
         self._add("retention", purge_old_rows, CronTrigger(hour=3, minute=30, timezone=tz), args=[c],
                   misfire_grace_time=3 * 3600)

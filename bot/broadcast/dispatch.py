@@ -1,9 +1,14 @@
-"""Firing a slot: plan the day (once per group), then hand each owner clerk one mass message for the
-groups it goes to as one and one reminder for the rest, through the outbox.
+"""Firing a slot: plan the day (once per group), then hand each owner clerk one mass message per store
+for the groups it goes to as one, and one reminder for the rest, through the outbox.
+
+A clerk may serve several stores: the mass message is per (sender, store), because its content is the
+store's (add_msg_template has one sender, one text and a chat_id_list); the reminder is one per clerk
+and slot, naming each store, because its sidebar page shows every group with its own store's content
+and WeCom keeps 30 app messages a minute per member.
 
 Idempotent per (day, slot, group): a group's row moves planned → queued by one conditional UPDATE,
 so firing twice, a restart mid-slot or two schedulers send nothing twice; the outbox keys
-(`gm:` per day, slot and sender; `rm:` per day, slot and clerk) make the calls themselves once-only.
+(`gm:` per day, slot, sender and store; `rm:` per day, slot and clerk) make the calls themselves once-only.
 """
 
 from __future__ import annotations
@@ -112,8 +117,10 @@ class Broadcaster:
         self.calendar.reload_if_changed()
         now = self.clock.now()
         with self.reads() as r:
+            # Only live groups of open stores: a dismissed group or a closed store gets no more slots.
             groups = r.execute(select(GroupChat.chat_id, GroupChat.store_code, GroupChat.owner)
-                               .join(Store, Store.code == GroupChat.store_code)).all()
+                               .join(Store, Store.code == GroupChat.store_code)
+                               .where(GroupChat.dismissed_at.is_(None), Store.closed_at.is_(None))).all()
             planned = set(r.scalars(select(SlotDelivery.chat_id).where(SlotDelivery.day == day.isoformat())
                                     .distinct()))
             todo = [g for g in groups if g.chat_id not in planned]
@@ -206,7 +213,8 @@ class Broadcaster:
         open_chains = self._open_chains(s, {k[1] for k in by_owner}, now)
         at = slot_time(day, slot, self.tz)
         tasks, calls = [], []  # written together below: a statement per chunk, not per owner
-        for (owner, code), modes in by_owner.items():
+        reminders: dict[str, list[tuple[Store, Entry, str, int]]] = defaultdict(list)   # owner → per store
+        for (owner, code), modes in sorted(by_owner.items()):
             store = stores[code]
             entry = self.calendar.day(code, day)[slot]
             ctx = self.calendar.context(store={"code": code, "name": store.name, "benefit": store.benefit or ""},
@@ -220,6 +228,7 @@ class Broadcaster:
                           d, slot, entry.kind, code, e)
                 s.execute(update(SlotDelivery).where(
                     SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.owner == owner,
+                    SlotDelivery.store_code == code,
                     SlotDelivery.chat_id.in_(modes["mass"] + modes["reminder"]), SlotDelivery.status == "queued")
                     .values(status="failed", reason=f"内容模板出错，请运营检查日历：{str(e)[:120]}"))
                 report.failed += len(modes["mass"]) + len(modes["reminder"])
@@ -227,27 +236,27 @@ class Broadcaster:
             report.owners.add(owner)
             if modes["mass"]:
                 expires = slot_time(day, entry.expires, self.tz) if entry.expires else None
-                tasks.append(dict(day=d, slot=slot, sender=owner, status="creating", created_at=now,
+                tasks.append(dict(day=d, slot=slot, sender=owner, store_code=code, status="creating", created_at=now,
                                   expires_at=expires, reminds=[]))
-                fallback = self._reminder_payload(owner, day, slot, entry, rendered.text,
-                                                  len(modes["mass"]) + len(modes["reminder"]))
+                fallback = self._reminder_payload(owner, day, slot, [(store, entry, rendered.text,
+                                                                      len(modes["mass"]) + len(modes["reminder"]))])
                 calls.append(outbox.row(
-                    "add_msg_template", f"gm:{d}:{slot}:{owner}",
-                    {"day": d, "slot": slot, "sender": owner, "chat_ids": modes["mass"],
+                    "add_msg_template", f"gm:{d}:{slot}:{owner}:{code}",
+                    {"day": d, "slot": slot, "sender": owner, "store_code": code, "chat_ids": modes["mass"],
                      "text": rendered.text, "attachments": list(rendered.attachments), "fallback": fallback},
                     deadline=expires or datetime.combine(day + timedelta(days=1), time(0), self.tz)))
                 report.mass += len(modes["mass"])
             if modes["reminder"]:
-                # A slot fired ahead of its time (`slot fire` by hand) goes out now, still spread.
-                base = at if now >= at else now
-                calls.append(outbox.row(
-                    "slot_reminder", f"rm:{d}:{slot}:{owner}",
-                    self._reminder_payload(owner, day, slot, entry, rendered.text, len(modes["reminder"])),
-                    not_before=max(now, base + timedelta(seconds=spread_seconds(
-                        owner, self.settings.reminder_spread_seconds)))))
+                reminders[owner].append((store, entry, rendered.text, len(modes["reminder"])))
                 report.reminders += len(modes["reminder"])
                 report.reminded_owners.add(owner)
             report.groups += len(modes["mass"]) + len(modes["reminder"])
+        # A slot fired ahead of its time (`slot fire` by hand) goes out now, still spread.
+        base = at if now >= at else now
+        for owner, parts in reminders.items():
+            calls.append(outbox.row(
+                "slot_reminder", f"rm:{d}:{slot}:{owner}", self._reminder_payload(owner, day, slot, parts),
+                not_before=max(now, base + timedelta(seconds=spread_seconds(owner, self.settings.reminder_spread_seconds)))))
         insert_ignore_many(s, BroadcastTask, tasks)
         outbox.add_many(calls)
 
@@ -260,13 +269,25 @@ class Broadcaster:
             out[ch.store_code].append(chain_view(self.chains, ch, self.tz))
         return out
 
-    def _reminder_payload(self, owner: str, day: date, slot: str, entry: Entry, text: str, groups: int) -> dict:
-        first = text.splitlines()
-        preview = (first[0] if first else "")[:60]
+    def _reminder_payload(self, owner: str, day: date, slot: str, parts: list[tuple[Store, Entry, str, int]]) -> dict:
+        """One textcard for the clerk's reminder groups of this slot, each of their stores named when
+        there are several (the sidebar it opens holds every group, with its own store's content)."""
+        def preview(text: str) -> str:   # textcard descriptions hold 512 bytes: shorter with several stores
+            first = text.splitlines()
+            return (first[0] if first else "")[:60 // len(parts)]
+
+        groups = sum(n for *_, n in parts)
+        kinds = {e.kind_zh for _, e, _, _ in parts}
+        if len(parts) == 1:
+            lines = f"<div class=\"normal\">{preview(parts[0][2])}</div>"
+        else:
+            lines = "".join(f"<div class=\"normal\">{st.name}（{n}个群）：{preview(text)}</div>"
+                            for st, _, text, n in parts)
+        title = f"{slot} 群发提醒：" + (kinds.pop() if len(kinds) == 1 else f"{len(parts)}个门店")
         return {"touser": [owner], "msgtype": "textcard", "day": day.isoformat(), "slot": slot,
-                "content": {"title": f"{slot} 群发提醒：{entry.kind_zh}",
-                            "description": (f"<div class=\"gray\">{day:%m月%d日} {slot}</div>"
-                                            f"<div class=\"normal\">{preview}</div>"
+                "stores": [st.code for st, *_ in parts],
+                "content": {"title": title,
+                            "description": (f"<div class=\"gray\">{day:%m月%d日} {slot}</div>" + lines +
                                             f"<div class=\"highlight\">{groups} 个群待发送：点开后在群聊工具栏一键发送</div>"),
                             "url": self.sidebar_link(day, slot, owner), "btntxt": "去发送"}}
 

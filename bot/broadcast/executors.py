@@ -7,30 +7,39 @@ import logging
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot.calendar.calendar import ContentCalendar
+from bot.db.engine import reads_of
 from bot.db.models import BroadcastTask, Outbox, SlotDelivery
 from bot.media import MediaLibrary, attachment_body, media_key
-from bot.messaging.app_messages import send_app_message
+from bot.messaging.app_messages import AppMessages
 from bot.messaging.outbox import Executor, Outcome, OutboxRepo, default_decide
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_OUTCOME = (None, errcodes.NETWORK_ERROR, errcodes.HTTP_ERROR)  # the call may have reached WeCom
 
 
-def _adopt_created(client: WeComClient, p: dict, since: datetime) -> str | None:
-    """After a crash or timeout the template may exist already: find ours by sender and text."""
-    res = client.groupmsg.get_groupmsg_list_v2(chat_type="group", start_time=int(since.timestamp()) - 60,
-                                               end_time=int(since.timestamp()) + 86400, creator=p["sender"],
-                                               filter_type=0)
-    for m in res.get("group_msg_list", []):
-        if (m.get("text") or {}).get("content") == p["text"]:
-            return m["msgid"]
-    return None
+def find_created(client: WeComClient, row: Outbox, taken: frozenset[str] = frozenset()) -> dict | None:
+    """The mass message an uncertain row may have created already: by sender and text, among those
+    the corp created (filter_type 0) since the row was queued (a minute of clock skew allowed, and
+    an earlier slot's same text cannot match: it was created before this row existed). `taken`: msgids
+    other tasks already hold (the same clerk's task for another store may carry the same text)."""
+    p = row.payload
+    start, end = int(row.created_at.timestamp()) - 60, int(client.clock.now().timestamp()) + 60
+    cursor = None
+    while True:
+        res = client.groupmsg.get_groupmsg_list_v2(chat_type=p.get("chat_type", "group"), start_time=start, end_time=end,
+                                                   creator=p["sender"], filter_type=0, cursor=cursor)
+        for m in res.get("group_msg_list", []):
+            if (m.get("text") or {}).get("content") == p["text"] and m["msgid"] not in taken:
+                log.info("mass message %s was created before its answer was lost (%s): adopted", row.key, m["msgid"])
+                return {"msgid": m["msgid"], "fail_list": [], "adopted": True}
+        cursor = res.get("next_cursor")
+        if not cursor:
+            return None
 
 
 # Nothing of these tables is loaded in a settle's session: the ORM need not evaluate each UPDATE
@@ -38,13 +47,9 @@ def _adopt_created(client: WeComClient, p: dict, since: datetime) -> str | None:
 UNSYNCED = {"synchronize_session": False}
 
 
-def mass_executor(media: MediaLibrary, calendar: ContentCalendar) -> Executor:
+def mass_executor(media: MediaLibrary, calendar: ContentCalendar, sessions: sessionmaker[Session]) -> Executor:
     def send(client: WeComClient, row: Outbox) -> dict:
         p = row.payload
-        if row.attempts > 1 and row.last_errcode in UNKNOWN_OUTCOME:
-            if msgid := _adopt_created(client, p, row.created_at):
-                log.info("mass message %s already created before (%s): adopted", row.key, msgid)
-                return {"msgid": msgid, "fail_list": []}
         body = {"chat_type": "group", "sender": p["sender"], "chat_id_list": p["chat_ids"], "allow_select": False,
                 "text": {"content": p["text"]},
                 "attachments": [attachment_body(a, media, calendar) for a in p.get("attachments", [])]}
@@ -62,9 +67,14 @@ def mass_executor(media: MediaLibrary, calendar: ContentCalendar) -> Executor:
 
     def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
         p = row.payload
+        # Per (sender, store): a clerk's task for one store never settles the other store's groups.
+        # (Rows queued before tasks were per store carry no store_code: their task has "".)
+        code = p.get("store_code")
         where = (SlotDelivery.day == p["day"], SlotDelivery.slot == p["slot"], SlotDelivery.owner == p["sender"],
-                 SlotDelivery.mode == "mass", SlotDelivery.status == "queued")
-        task = (BroadcastTask.day == p["day"], BroadcastTask.slot == p["slot"], BroadcastTask.sender == p["sender"])
+                 SlotDelivery.mode == "mass", SlotDelivery.status == "queued",
+                 *((SlotDelivery.store_code == code,) if code else ()))
+        task = (BroadcastTask.day == p["day"], BroadcastTask.slot == p["slot"], BroadcastTask.sender == p["sender"],
+                BroadcastTask.store_code == (code or ""))
         if outcome.status == "done":
             msgid = outcome.result["msgid"]
             failed = [str(c) for c in outcome.result.get("fail_list") or []]
@@ -83,9 +93,19 @@ def mass_executor(media: MediaLibrary, calendar: ContentCalendar) -> Executor:
         moved = s.execute(update(SlotDelivery).where(*where).values(mode="reminder", reason=reason)
                           .returning(SlotDelivery.id)).all()
         if moved and p.get("fallback"):
-            OutboxRepo(s, _Fixed(now)).add("slot_reminder", f"rm2:{p['day']}:{p['slot']}:{p['sender']}", p["fallback"])
+            key = f"rm2:{p['day']}:{p['slot']}:{p['sender']}" + (f":{code}" if code else "")
+            OutboxRepo(s, _Fixed(now)).add("slot_reminder", key, p["fallback"])
 
-    return Executor("add_msg_template", send, decide, settle)
+    def reconcile(client: WeComClient, row: Outbox) -> dict | None:
+        p = row.payload
+        with reads_of(sessions)() as s:
+            taken = frozenset(s.scalars(select(BroadcastTask.msgid).where(
+                BroadcastTask.day == p["day"], BroadcastTask.slot == p["slot"], BroadcastTask.sender == p["sender"],
+                BroadcastTask.store_code != (p.get("store_code") or ""), BroadcastTask.msgid.is_not(None))))
+        return find_created(client, row, taken)
+
+    # A second add_msg_template is a second task for the clerk and maybe a second message in the group.
+    return Executor("add_msg_template", send, decide, settle, idempotent=False, reconcile=reconcile)
 
 
 class _Fixed:
@@ -97,10 +117,12 @@ class _Fixed:
         return self._now
 
 
-def reminder_executor() -> Executor:
-    """One textcard per clerk and slot; the reminder groups move to `reminded`."""
+def reminder_executor(sessions: sessionmaker[Session]) -> Executor:
+    """One textcard per clerk and slot (an app message); the reminder groups move to `reminded`."""
+    messages = AppMessages(sessions)
 
     def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
+        messages.record(s, row, outcome, now)
         p = row.payload
         values = (dict(status="reminded") if outcome.status == "done"
                   else dict(status="failed", reason=f"提醒没有发出（{outcome.errcode or outcome.status}）"))
@@ -108,7 +130,7 @@ def reminder_executor() -> Executor:
             SlotDelivery.day == p["day"], SlotDelivery.slot == p["slot"], SlotDelivery.owner == p["touser"][0],
             SlotDelivery.mode == "reminder", SlotDelivery.status == "queued").values(**values))
 
-    return Executor("slot_reminder", send_app_message, None, settle)
+    return Executor("slot_reminder", messages.send, messages.decide, settle)
 
 
 def remind_executor() -> Executor:
@@ -116,13 +138,19 @@ def remind_executor() -> Executor:
         client.groupmsg.remind_groupmsg_send(row.payload["msgid"])
         return {}
 
+    def assume_made(client: WeComClient, row: Outbox) -> dict:
+        # WeCom tells nobody whether a reminder was made, and allows 3 per mass message a day: one
+        # whose answer was lost counts as made (toward the 3) rather than nag the clerk twice.
+        log.info("reminder %s: answer lost, counted as made and not repeated", row.key)
+        return {"assumed": True}
+
     def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
         if outcome.status == "done":
             task = s.scalars(select(BroadcastTask).where(BroadcastTask.msgid == row.payload["msgid"])).first()
             if task:
                 task.reminds = [*task.reminds, now.isoformat()]
 
-    return Executor("remind_groupmsg_send", send, None, settle)
+    return Executor("remind_groupmsg_send", send, None, settle, idempotent=False, reconcile=assume_made)
 
 
 def cancel_executor() -> Executor:

@@ -4,7 +4,9 @@ cancel what expired, and learn of the clerks' own mass sends (they use up the sa
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select, update
@@ -34,6 +36,10 @@ class FollowUpReport:
     cancelled: int = 0
     personal: int = 0
 
+    def add(self, other: FollowUpReport) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 
 def _pages(call, key: str, **kw) -> list[dict]:
@@ -47,13 +53,25 @@ def _pages(call, key: str, **kw) -> list[dict]:
 
 
 class FollowUp:
+    """Every 5 minutes: `concurrency` tasks at a time (a chain's day is thousands of awaiting tasks,
+    each one or more WeCom calls), each in its own transactions; one task's failure is logged and
+    the others go on."""
+
     def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock,
-                 settings: BroadcastSettings):
+                 settings: BroadcastSettings, concurrency: int = 8):
         self.sessions = sessions
         self.reads = reads_of(sessions)
         self.client = client
         self.clock = clock
         self.settings = settings
+        self.concurrency = max(1, concurrency)
+
+    def _each(self, fn: Callable, items: list) -> Iterator:
+        if self.concurrency == 1 or len(items) <= 1:
+            yield from map(fn, items)
+            return
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="follow-up") as pool:
+            yield from pool.map(fn, items)
 
     def run(self) -> FollowUpReport:
         report = FollowUpReport()
@@ -61,16 +79,25 @@ class FollowUp:
         with self.reads() as r:
             tasks = list(r.scalars(select(BroadcastTask).where(BroadcastTask.status == "awaiting",
                                                                BroadcastTask.created_at >= now - FOLLOW_FOR)))
-        for t in tasks:
-            report.checked += 1
+
+        def one(t: BroadcastTask) -> FollowUpReport:
+            part = FollowUpReport(checked=1)
             try:
-                self._follow(t, now, report)
+                self._follow(t, now, part)
             except WeComError as e:
                 log.warning("follow-up of %s (%s %s %s) failed: %s", t.msgid, t.day, t.slot, t.sender, e)
+            except Exception:   # noqa: BLE001 — a bug or a database error at one task must not end the pass
+                log.exception("follow-up of %s (%s %s %s) failed", t.msgid, t.day, t.slot, t.sender)
+            return part
+
+        for part in self._each(one, tasks):
+            report.add(part)
         try:
             report.personal = self.sync_personal_sends(now)
         except WeComError as e:
             log.warning("clerks' own mass sends not synced: %s", e)
+        except Exception:   # noqa: BLE001 — the tasks' results above are kept
+            log.exception("clerks' own mass sends not synced")
         return report
 
     def _follow(self, t: BroadcastTask, now: datetime, report: FollowUpReport) -> None:
@@ -151,18 +178,30 @@ class FollowUp:
             insert_ignore_many(s, GroupMsgSeen, new)
         known = {p.msgid for p in pending}
         todo = pending + [GroupMsgSeen(**n) for n in new if n["msgid"] not in known]
-        for m in todo:
-            tasks = _pages(self.client.groupmsg.get_groupmsg_task, "task_list", msgid=m.msgid)
-            all_sent = bool(tasks)
-            for task in tasks:
-                if int(task.get("status", 0)) != 2:
-                    all_sent = False
-                    continue
-                sends = _pages(self.client.groupmsg.get_groupmsg_send_result, "send_list", msgid=m.msgid,
-                               userid=task["userid"])
-                self._apply_results(m.msgid, sends, now, source="personal")
-            create_time = m.create_time if m.create_time.tzinfo else m.create_time.replace(tzinfo=timezone.utc)
-            if all_sent or now - create_time > timedelta(days=1):
-                with self.sessions.begin() as s:
-                    s.execute(update(GroupMsgSeen).where(GroupMsgSeen.msgid == m.msgid).values(settled=True))
+
+        def one(m: GroupMsgSeen) -> None:
+            try:
+                self._settle_personal(m, now)
+            except WeComError as e:   # left unsettled: the next pass reads it again
+                log.warning("clerk's own mass send %s (%s) not read: %s", m.msgid, m.creator, e)
+            except Exception:   # noqa: BLE001 — one message must not keep the others unread
+                log.exception("clerk's own mass send %s (%s) not read", m.msgid, m.creator)
+
+        for _ in self._each(one, todo):
+            pass
         return len(new)
+
+    def _settle_personal(self, m: GroupMsgSeen, now: datetime) -> None:
+        tasks = _pages(self.client.groupmsg.get_groupmsg_task, "task_list", msgid=m.msgid)
+        all_sent = bool(tasks)
+        for task in tasks:
+            if int(task.get("status", 0)) != 2:
+                all_sent = False
+                continue
+            sends = _pages(self.client.groupmsg.get_groupmsg_send_result, "send_list", msgid=m.msgid,
+                           userid=task["userid"])
+            self._apply_results(m.msgid, sends, now, source="personal")
+        create_time = m.create_time if m.create_time.tzinfo else m.create_time.replace(tzinfo=timezone.utc)
+        if all_sent or now - create_time > timedelta(days=1):
+            with self.sessions.begin() as s:
+                s.execute(update(GroupMsgSeen).where(GroupMsgSeen.msgid == m.msgid).values(settled=True))

@@ -30,29 +30,34 @@ def today(clerk: Clerk, uow: UnitOfWork, now: datetime, tz: ZoneInfo, broadcaste
     paused = s.get(BroadcastPause, (day.isoformat(), clerk.userid)) is not None
     head = f"今日推送（{day:%m-%d}）" + ("：已暂停，发「恢复」可继续" if paused else "")
     lines = []
-    by_slot: dict[str, list[SlotDelivery]] = defaultdict(list)
-    for r in rows:
-        by_slot[r.slot].append(r)
-    for slot in broadcaster.settings.slots:
-        group = by_slot.get(slot)
-        entry = None
-        for st in clerk.stores:
-            entry = entry or broadcaster.calendar.day(st.code, day).get(slot)
-        if not group:
-            lines.append(f"{slot} {entry.kind_zh if entry else '无内容'}：" + ("还没到时间" if entry else "不推送"))
-            continue
-        kind = KIND_ZH.get(group[0].kind or "", entry.kind_zh if entry else "")
-        parts = []
-        for mode, label in (("mass", "群发"), ("reminder", "提醒")):
-            mine = [r for r in group if r.mode == mode]
-            if not mine:
-                continue
-            counts = Counter(STATUS_ZH.get(r.status, r.status) for r in mine)
-            parts.append(f"{label}{len(mine)}个群（" + "，".join(f"{k}{v}" for k, v in counts.items()) + "）")
-        lines.append(f"{slot} {kind}：" + "；".join(parts))
+    # Per store when the clerk serves several: each store's groups get that store's content.
+    several = len(clerk.stores) > 1
+    for st in clerk.stores:
+        if several:
+            lines.append(f"【{st.name}】")
+        by_slot: dict[str, list[SlotDelivery]] = defaultdict(list)
+        for r in rows:
+            if r.store_code == st.code:
+                by_slot[r.slot].append(r)
+        for slot in broadcaster.settings.slots:
+            lines.append(_slot_line(slot, by_slot.get(slot), broadcaster.calendar.day(st.code, day).get(slot)))
     if any(r.mode == "mass" and r.status == "awaiting" for r in rows):
         lines.append("有群发等你确认：企业微信 → 工作台 → 客户群发，点「发送」。")
     return Reply(fit_lines(head, lines, ""))
+
+
+def _slot_line(slot: str, group: list[SlotDelivery] | None, entry) -> str:
+    if not group:
+        return f"{slot} {entry.kind_zh if entry else '无内容'}：" + ("还没到时间" if entry else "不推送")
+    kind = KIND_ZH.get(group[0].kind or "", entry.kind_zh if entry else "")
+    parts = []
+    for mode, label in (("mass", "群发"), ("reminder", "提醒")):
+        mine = [r for r in group if r.mode == mode]
+        if not mine:
+            continue
+        counts = Counter(STATUS_ZH.get(r.status, r.status) for r in mine)
+        parts.append(f"{label}{len(mine)}个群（" + "，".join(f"{k}{v}" for k, v in counts.items()) + "）")
+    return f"{slot} {kind}：" + "；".join(parts)
 
 
 @router.command("暂停", "pause", summary="我的群今天剩下的时段不再推送")

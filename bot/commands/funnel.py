@@ -29,9 +29,9 @@ def stats(clerk: Clerk, uow: UnitOfWork, now: datetime, tz: ZoneInfo) -> Reply:
         if f is None:
             lines.append(f"{st.name}：今天还没有扫码数据")
             continue
-        lines.append(f"{st.name}：加好友{f.adds}，其中进群{f.converted}（{fmt_rate(f.conversion)}，"
+        lines.append(f"{st.name}：加好友{f.adds}，打开进群页{f.viewed}，其中进群{f.converted}（{fmt_rate(f.conversion)}，"
                      f"中位用时{fmt_delay(f.median_delay_seconds)}）；扫码进群{f.joins}，其他方式进群{f.joins_other}，"
-                     f"退群{f.leaves}，删店员{f.clerk_deleted}")
+                     f"退群{f.leaves}，删店员{f.clerk_deleted}" + (f"；{f.reports}位顾客反馈进不了群" if f.reports else ""))
     return Reply("\n".join(lines))
 
 

@@ -7,6 +7,7 @@ import logging
 from bot import events as ev
 from bot.commands.broadcast import router as broadcast_commands
 from bot.commands.chains import router as chain_commands
+from bot.commands.churn import router as churn_commands
 from bot.commands.funnel import router as funnel_commands
 from bot.commands.router import CommandRouter, Reply, resolve_clerk
 from bot.messaging.inbox import StoredEvent
@@ -20,6 +21,7 @@ def command_router() -> CommandRouter:
     """Every clerk command, in the order `帮助 help` lists them."""
     router = CommandRouter()
     router.include(funnel_commands)
+    router.include(churn_commands)
     router.include(chain_commands)
     router.include(broadcast_commands)
     return router

@@ -81,5 +81,7 @@ class CommandRouter:
 
 
 def resolve_clerk(uow: UnitOfWork, userid: str) -> Clerk:
-    stores = [s for s in uow.session.scalars(select(Store).order_by(Store.code)) if userid in (s.clerks or [])]
+    # every open store listing the clerk: a clerk may serve several (a closed store is history only)
+    stores = [s for s in uow.session.scalars(select(Store).where(Store.closed_at.is_(None)).order_by(Store.code))
+              if userid in (s.clerks or [])]
     return Clerk(userid, stores)

@@ -47,7 +47,10 @@ class Outbox(SQLModel, table=True):
     kind: str = Field(max_length=64)  # the WeCom endpoint's last segment: send_welcome_msg, send, …
     priority: int = 1  # 0 first: calls with a deadline of seconds (welcomes)
     payload: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="pending", max_length=16)  # pending | running | done | expired | dead
+    status: str = Field(default="pending", max_length=16)  # pending | running | unknown | done | expired | dead
+    # The call may have reached WeCom without its answer reaching us (a lost answer, a lapsed lease,
+    # a dead worker): the next attempt reconciles with WeCom before it calls again.
+    uncertain: bool = False
     created_at: datetime = _at(nullable=False)
     deadline: datetime | None = _at()
     next_attempt_at: datetime = _at(nullable=False)
@@ -75,6 +78,9 @@ class Store(SQLModel, table=True):
     join_way_qr_code: str | None = Field(default=None, max_length=500)
     join_way_chat_ids: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     synced_at: datetime | None = _at()
+    # `sync --prune --apply` after the store left the config: its QR configs are deleted at WeCom, it gets
+    # no broadcasts and no QR checks; its rows stay for the reports. Listed in config again: reopened.
+    closed_at: datetime | None = _at()
 
 
 class GroupChat(SQLModel, table=True):
@@ -89,6 +95,8 @@ class GroupChat(SQLModel, table=True):
     member_count: int = 0
     member_version: str | None = Field(default=None, max_length=64)
     synced_at: datetime | None = _at()
+    # change_external_chat dismiss: out of every later slot and of its store's join way; kept for history.
+    dismissed_at: datetime | None = _at()
 
 
 class MediaCache(SQLModel, table=True):
@@ -169,6 +177,7 @@ class GroupMember(SQLModel, table=True):
     state: str | None = Field(default=None, max_length=30)
     join_time: int | None = None
     present: bool = True
+    name: str | None = Field(default=None, max_length=64)   # groupchat/get need_name: shown masked only
 
 
 class QrFinding(SQLModel, table=True):
@@ -270,15 +279,18 @@ class SlotDelivery(SQLModel, table=True):
 
 
 class BroadcastTask(SQLModel, table=True):
-    """One add_msg_template: a slot's mass message for one owner clerk's groups."""
+    """One add_msg_template: a slot's mass message for one owner clerk's groups of one store (the
+    content is the store's; a clerk serving two stores gets one task per store)."""
 
     __tablename__ = "broadcast_task"
-    __table_args__ = (UniqueConstraint("day", "slot", "sender"),)
+    __table_args__ = (UniqueConstraint("day", "slot", "sender", "store_code",
+                                       name="uq_broadcast_task_day_slot_sender_store"),)
 
     id: int | None = Field(default=None, primary_key=True)
     day: str = Field(max_length=10)
     slot: str = Field(max_length=5)
     sender: str = Field(max_length=64)
+    store_code: str = Field(default="", max_length=30)
     msgid: str | None = Field(default=None, max_length=64, index=True)
     status: str = Field(default="creating", max_length=16)  # creating | awaiting | sent | cancelled | failed
     created_at: datetime = _at(nullable=False)
@@ -332,3 +344,47 @@ class SchedulerLease(SQLModel, table=True):
     holder: str | None = Field(default=None, max_length=120)   # host:pid:random of the process
     heartbeat_at: datetime | None = _at()
     lease_until: datetime | None = _at()
+
+
+class WorkerProcess(SQLModel, table=True):
+    """A process that runs workers, with its heartbeat (bot.messaging.heartbeat). Its rows' leases are
+    renewed while it beats; once it stops beating (or, on its own host, its pid is gone) any other
+    process takes its claims back, well inside a welcome's 20 s."""
+
+    __tablename__ = "worker_process"
+
+    id: str = Field(primary_key=True, max_length=64)           # host:pid:random, the prefix of claimed_by
+    host: str = Field(max_length=64)
+    pid: int
+    role: str = Field(max_length=16)
+    started_at: datetime = _at(nullable=False)
+    beat_at: datetime = _at(nullable=False)
+
+
+class MemberMessage(SQLModel, table=True):
+    """An app message WeCom accepted for one member: the per-member limits (30 a minute, 1,000 an
+    hour, beyond which WeCom drops silently) are counted here, across processes, and a repeat of the
+    same text inside the duplicate-check interval is told apart from WeCom's dedup."""
+
+    __tablename__ = "member_message"
+    __table_args__ = (Index("ix_member_message_user_at", "userid", "sent_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    userid: str = Field(max_length=64)
+    sent_at: datetime = _at(nullable=False)
+    digest: str = Field(max_length=16)       # of msgtype + content: "the same message" to WeCom's check
+    outbox_id: int | None = None
+
+
+class CorpTag(SQLModel, table=True):
+    """A corp customer tag (企业客户标签) the bot marks customers with, by (group name, tag name): its
+    WeCom ids, so a mark needs no get_corp_tag_list. Forgotten when WeCom says the id is gone (40068)."""
+
+    __tablename__ = "corp_tag"
+
+    group_name: str = Field(primary_key=True, max_length=30)
+    name: str = Field(primary_key=True, max_length=30)
+    tag_id: str = Field(max_length=64)
+    group_id: str = Field(max_length=64)
+    created_by_bot: bool = False          # add_corp_tag made it: only such tags may the app edit or delete
+    seen_at: datetime = _at(nullable=False)

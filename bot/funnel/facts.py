@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from bot.db.models import FunnelFact, GroupChat, GroupMember, Store
 from bot.events import ContactAdded, FollowUserDeleted, GroupChatChanged
 from bot.messaging.inbox import StoredEvent
-from bot.messaging.outbox import insert_ignore
+from bot.messaging.outbox import insert_ignore, insert_ignore_many
 from bot.messaging.uow import UnitOfWork
 
 READ_WINDOW = timedelta(minutes=15)
@@ -54,6 +54,12 @@ def on_follow_user_deleted(evt: FollowUserDeleted, uow: UnitOfWork, stored: Stor
     return []
 
 
+def _groups():
+    # bot.provisioning's package imports sync, which imports this module: import the rule late.
+    from bot.provisioning import groups
+    return groups
+
+
 def on_group_chat_changed(evt: GroupChatChanged, uow: UnitOfWork, stored: StoredEvent) -> list:
     s = uow.session
     if evt.change_type == "update" and evt.update_detail == "del_member":
@@ -68,8 +74,14 @@ def on_group_chat_changed(evt: GroupChatChanged, uow: UnitOfWork, stored: Stored
             group.member_count = max(0, group.member_count - len(evt.member_ids))
         return []
     if evt.change_type == "dismiss":
-        if group := s.get(GroupChat, evt.chat_id):
-            group.member_count = 0
+        _groups().dismiss_group(s, evt.chat_id, stored.received_at)
+        return []
+    if evt.change_type == "update" and evt.update_detail == "change_owner":
+        # The callback names no owner: groupchat/get does (retried while it still shows the old one).
+        group = s.get(GroupChat, evt.chat_id)
+        uow.outbox.add("groupchat_get", f"groupchat_get:{evt.chat_id}:owner:{stored.id}",
+                       {"chat_id": evt.chat_id, "member_ids": [], "old_owner": group.owner if group else None,
+                        "event_id": stored.id}, deadline=stored.received_at + READ_WINDOW)
         return []
     if evt.change_type == "create" or (evt.change_type == "update" and evt.update_detail == "add_member"):
         uow.outbox.add("groupchat_get", f"groupchat_get:{evt.chat_id}:{evt.cur_mem_ver or stored.id}",
@@ -79,13 +91,6 @@ def on_group_chat_changed(evt: GroupChatChanged, uow: UnitOfWork, stored: Stored
     return []
 
 
-def store_for_owner(s: Session, owner: str) -> str | None:
-    for code, clerks in s.execute(select(Store.code, Store.clerks)):
-        if owner in (clerks or []):
-            return code
-    return None
-
-
 def apply_member_list(s: Session, group: dict, now: datetime, new_ids: set[str] = frozenset()) -> list[FunnelFact]:
     """Reconcile a group's stored members with groupchat/get and record a join fact for each new
     customer: those the callback named (`new_ids`) and, once the group has a baseline, any other
@@ -93,25 +98,37 @@ def apply_member_list(s: Session, group: dict, now: datetime, new_ids: set[str] 
     who were there before. Returns the join facts recorded."""
     chat_id = group["chat_id"]
     row = s.get(GroupChat, chat_id)
-    if row is None:
-        row = GroupChat(chat_id=chat_id, store_code=store_for_owner(s, group.get("owner", "")) or "",
-                        owner=group.get("owner", ""), name=group.get("name"))
-        s.add(row)
+    if row is None or (group.get("owner") and group["owner"] != row.owner):
+        _groups().record_group(s, group, now)   # a new group, or a new owner: its store by the one rule
+    # Two writers reconciling one group (a pass and a callback's groupchat/get) take turns on its row:
+    # else both see a member as new and insert it twice. (SQLite's write lock already serialises them.)
+    row = s.get(GroupChat, chat_id, with_for_update=True, populate_existing=True)
+    if row.member_version and row.member_version == group.get("member_version"):
+        # the members of the last read (WeCom bumps member_version on every change): only the time moves
+        row.synced_at = now
+        return []
     known = {m.userid: m for m in s.scalars(select(GroupMember).where(GroupMember.chat_id == chat_id))}
-    stores = {code for (code,) in s.execute(select(Store.code))}
+    states = {m["state"] for m in group.get("member_list", []) if m.get("state")}
+    stores = {code for (code,) in s.execute(select(Store.code).where(Store.code.in_(states)))} if states else set()
     joins: list[FunnelFact] = []
     seen = set()
+    fresh: list[dict] = []   # members new to this group: one INSERT for all (a sync's baseline is millions)
     for m in group.get("member_list", []):
         uid = m["userid"]
         seen.add(uid)
         cur = known.get(uid)
         is_new = cur is None or not cur.present
+        values = dict(type=m.get("type", 2), join_scene=m.get("join_scene"), state=m.get("state"),
+                      join_time=m.get("join_time"), present=True)
         if cur is None:
-            cur = GroupMember(chat_id=chat_id, userid=uid)
-            s.add(cur)
-        cur.type, cur.join_scene, cur.state = m.get("type", 2), m.get("join_scene"), m.get("state")
-        cur.join_time, cur.present = m.get("join_time"), True
-        if not is_new or cur.type != 2 or (uid not in new_ids and not known):
+            fresh.append(dict(chat_id=chat_id, userid=uid, name=(m.get("name") or None) and m["name"][:64], **values))
+        else:
+            if m.get("name") and cur.name != m["name"][:64]:   # a read without need_name keeps the name
+                cur.name = m["name"][:64]
+            for k, v in values.items():
+                if getattr(cur, k) != v:
+                    setattr(cur, k, v)
+        if not is_new or values["type"] != 2 or (uid not in new_ids and not known):
             continue
         at = datetime.fromtimestamp(m["join_time"], timezone.utc) if m.get("join_time") else now
         state = m.get("state")
@@ -124,6 +141,7 @@ def apply_member_list(s: Session, group: dict, now: datetime, new_ids: set[str] 
         if record_fact(s, key=fact.key, kind=fact.kind, store_code=fact.store_code, chat_id=chat_id,
                        external_userid=uid, at=at, join_delay_seconds=fact.join_delay_seconds):
             joins.append(fact)
+    insert_ignore_many(s, GroupMember, fresh)
     for uid, m in known.items():
         if uid not in seen and m.present:
             m.present = False

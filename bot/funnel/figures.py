@@ -19,6 +19,8 @@ from bot.db.models import FunnelFact
 class StoreFunnel:
     store_code: str
     adds: int = 0
+    viewed: int = 0              # adds whose customer opened the group-QR page (/q/)
+    reports: int = 0             # customers who said there that they could not join
     converted: int = 0           # of those adds, joined a store group through the QR
     joins: int = 0               # QR joins attributed to the store
     joins_other: int = 0         # joins without state (invites, the owner's own QR)
@@ -59,6 +61,10 @@ def funnel(s: Session, start: date, end: date, tz: ZoneInfo, stores: list[str] |
             if j is not None and j.at >= f.at:
                 sf.converted += 1
                 sf.delays.append(max(0, int((j.at - f.at).total_seconds())))
+        elif f.kind == "viewed":
+            sf.viewed += 1
+        elif f.kind.startswith("report:"):
+            sf.reports += 1
         elif f.kind == "join":
             sf.joins += 1
         elif f.kind == "join_other":

@@ -1,6 +1,13 @@
 """QR findings: reading the funnel facts for the stalled rule, and opening, resolving and clearing
 findings (one open finding per store and kind, so a second pass alerts nobody twice).
 
+Transitions are conditional, so passes that run at once (two `qr check`s, two schedulers, a join
+being settled) alert once per transition and never after an all-clear: a store's transitions are
+serialized on its row (PostgreSQL: FOR UPDATE; SQLite: every write transaction holds the write lock
+from BEGIN IMMEDIATE), a finding opens only if none is open (unique open_key) and none was cleared
+since the pass looked, and it clears by `UPDATE … WHERE open_key IS NOT NULL`: only the pass whose
+update took the row tells the clerks.
+
 - stalled: adds keep coming through the store QR but nobody joins (bot.funnel.stalled).
 - full: every group behind the join way is at the 200 scan-join cap and the join way cannot
   create a room; gone: the join way or contact way no longer exists at WeCom, or the store has
@@ -12,13 +19,13 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from bot.clock import Clock
 from bot.config import QrHealthSettings
-from bot.db.models import FunnelFact, QrFinding
+from bot.db.models import FunnelFact, QrFinding, Store
 from bot.funnel import alerts
 from bot.funnel.stalled import BASELINE, StalledVerdict, expected_conversion, stalled_verdict
 
@@ -46,7 +53,10 @@ def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSe
     ripe = now - timedelta(minutes=cfg.grace_minutes)
     last_join = s.scalar(select(func.max(FunnelFact.at)).where(FunnelFact.kind == "join",
                                                                FunnelFact.store_code == store_code))
-    start = max(window_start, last_join) if last_join else window_start
+    # adds before the last all-clear were judged already: a stall reopens from fresh adds only
+    last_clear = s.scalar(select(func.max(QrFinding.resolved_at)).where(QrFinding.store_code == store_code,
+                                                                        QrFinding.kind == "stalled"))
+    start = max(t for t in (window_start, last_join, last_clear) if t is not None)
     adds = list(s.scalars(select(FunnelFact.at).where(FunnelFact.kind == "add", FunnelFact.store_code == store_code,
                                                       FunnelFact.at > start, FunnelFact.at <= ripe)
                           .order_by(FunnelFact.at)))
@@ -81,40 +91,85 @@ class QrHealth:
             self._chain_rate = (now, chain_rate(s, now, self.cfg))
         return self._chain_rate[1]
 
+    @staticmethod
+    def lock(s: Session, store_code: str) -> None:
+        """Serialize the store's transitions until the caller's transaction ends; what is read after
+        this sees every transition committed before it."""
+        s.execute(select(Store.code).where(Store.code == store_code).with_for_update())
+
+    @staticmethod
+    def _cleared_since(s: Session, store_code: str, kind: str, seen_at: datetime) -> bool:
+        return s.scalar(select(exists().where(QrFinding.store_code == store_code, QrFinding.kind == kind,
+                                              QrFinding.resolved_at >= seen_at))) or False
+
     # stalled, on every add and on schedule
     def check_stalled(self, s: Session, store_code: str, now: datetime) -> QrFinding | None:
+        self.lock(s, store_code)   # before the facts are read: a join settled meanwhile is seen
         v = evaluate_stalled(s, store_code, now, self.cfg, self.chain_rate(s, now))
         if v.stalled:
             return self.open(s, store_code, "stalled", v.since or now,
                              {"adds": v.adds, "p": round(v.p, 3), "chance": v.chance,
-                              "window_minutes": self.cfg.window_minutes})
+                              "window_minutes": self.cfg.window_minutes}, seen_at=now)
         return None
 
-    def open(self, s: Session, store_code: str, kind: str, since: datetime, evidence: dict) -> QrFinding | None:
-        """A new finding, or None when the same one is already open (no second alert)."""
-        now = self.clock.now()
+    def open(self, s: Session, store_code: str, kind: str, since: datetime, evidence: dict, *,
+             seen_at: datetime) -> QrFinding | None:
+        """A new finding, or None when the same one is already open (no second alert) or one was
+        cleared at or after `seen_at`, when the evidence was read (a pass that looked before a repair
+        must not alarm after its all-clear)."""
+        self.lock(s, store_code)
+        key = f"{store_code}:{kind}"
+        if s.scalar(select(exists().where(QrFinding.open_key == key))) or \
+                self._cleared_since(s, store_code, kind, seen_at):
+            return None
         try:
             with s.begin_nested():
-                f = QrFinding(store_code=store_code, kind=kind, open_key=f"{store_code}:{kind}", since=since,
-                              evidence=evidence, opened_at=now)
+                f = QrFinding(store_code=store_code, kind=kind, open_key=key, since=since,
+                              evidence=evidence, opened_at=self.clock.now())
                 s.add(f)
                 s.flush()
-        except IntegrityError:
+        except IntegrityError:   # a writer that did not take the lock
             return None
         log.warning("QR finding %s at %s: %s", kind, store_code, evidence)
         return f
 
-    def resolve(self, s: Session, store_code: str, kinds: tuple[str, ...], note: str | None = None) -> list[QrFinding]:
-        found = [f for f in open_findings(s, [store_code]) if f.kind in kinds]
-        for f in found:
-            f.open_key, f.resolved_at = None, self.clock.now()
-            if note:
-                f.repaired = note[:200]
-        return found
+    def repaired(self, s: Session, store_code: str, kind: str, since: datetime, evidence: dict, note: str, *,
+                 seen_at: datetime) -> QrFinding | None:
+        """A finding seen and repaired in one pass, recorded resolved, so the clerk hears both in one
+        message; None when another pass already cleared it since `seen_at` (it told the clerk)."""
+        self.lock(s, store_code)
+        if self._cleared_since(s, store_code, kind, seen_at):
+            return None
+        f = QrFinding(store_code=store_code, kind=kind, since=since, evidence=evidence, opened_at=seen_at,
+                      resolved_at=self.clock.now(), repaired=note[:200])
+        s.add(f)
+        s.flush()
+        return f
+
+    def resolve(self, s: Session, store_code: str, kinds: tuple[str, ...], note: str | None = None, *,
+                seen_at: datetime | None = None) -> list[QrFinding]:
+        """Clear the store's open findings of these kinds; returns only those this call cleared. With
+        `seen_at` (when the healthy state was read), a finding opened after it stays open: a pass
+        that looked before a break must not clear it."""
+        self.lock(s, store_code)
+        values: dict = {"open_key": None, "resolved_at": self.clock.now()}
+        if note:
+            values["repaired"] = note[:200]
+        stmt = (update(QrFinding).where(QrFinding.store_code == store_code, QrFinding.kind.in_(kinds),
+                                        QrFinding.open_key.is_not(None))
+                .values(**values).returning(QrFinding.id).execution_options(synchronize_session=False))
+        if seen_at is not None:
+            stmt = stmt.where(QrFinding.opened_at <= seen_at)
+        ids = list(s.scalars(stmt))
+        if not ids:
+            return []
+        return list(s.scalars(select(QrFinding).where(QrFinding.id.in_(ids)).order_by(QrFinding.id)
+                              .execution_options(populate_existing=True)))
 
     def on_joins(self, s: Session, joins: list[FunnelFact], now: datetime) -> None:
-        """A QR join clears the store's stalled finding, with an all-clear to its clerks."""
-        for store_code in {j.store_code for j in joins if j.kind == "join" and j.store_code}:
-            cleared = self.resolve(s, store_code, ("stalled",))
+        """A QR join clears the store's stalled and reported findings (it works again), with an all-clear to its clerks."""
+        # sorted: two settles locking the same stores take them in one order (no deadlock)
+        for store_code in sorted({j.store_code for j in joins if j.kind == "join" and j.store_code}):
+            cleared = self.resolve(s, store_code, ("stalled", "reported"))
             if cleared:
                 alerts.notify(s, self.clock, cleared, resolved=True)

@@ -2,22 +2,28 @@
 
 One `UPDATE … WHERE id IN (SELECT … [FOR UPDATE SKIP LOCKED]) RETURNING`: on PostgreSQL SKIP LOCKED
 lets workers pass each other; on SQLite the write lock (BEGIN IMMEDIATE) serialises claims. A row
-whose lease ran out (its worker died mid-flight) is due again.
+whose lease ran out (its worker died or stalled mid-flight) is due again: a worker never calls WeCom
+for a row past its lease (bot.messaging.heartbeat), so taking it back cannot run one call twice at
+once; but the call may have reached WeCom, so an outbox row taken back this way is `uncertain`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
 from bot.db.engine import reads_of
+from bot.messaging.heartbeat import LeaseBook, lease_end
+
+# pending: never tried, or tried and not done; unknown: tried, and WeCom may have done it (outbox)
+WAITING = ("pending", "unknown")
 
 
 def _due(model, now: datetime):
-    return or_(and_(model.status == "pending", model.next_attempt_at <= now),
+    return or_(and_(model.status.in_(WAITING), model.next_attempt_at <= now),
                and_(model.status == "running", model.lease_until < now))
 
 
@@ -31,8 +37,12 @@ def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int,
     pick = select(model.id).where(due).order_by(model.priority, model.next_attempt_at, model.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
+    values = dict(status="running", claimed_by=owner, lease_until=lease_end(model, now, lease.total_seconds()),
+                  attempts=model.attempts + 1)
+    if hasattr(model, "uncertain"):
+        values["uncertain"] = case((model.status.in_(("running", "unknown")), True), else_=model.uncertain)
     stmt = (update(model).where(model.id.in_(pick.scalar_subquery()))
-            .values(status="running", claimed_by=owner, lease_until=now + lease, attempts=model.attempts + 1)
+            .values(**values)
             .returning(model)
             .execution_options(synchronize_session=False))
     # RETURNING gives no order: put the batch back in claim order (a clerk's replies in turn).
@@ -46,13 +56,15 @@ class ClaimLoop:
 
     model: type
 
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock, *, owner: str, lease_seconds: int, batch: int):
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, *, owner: str, lease_seconds: float, batch: int,
+                 book: LeaseBook | None = None):
         self.sessions = sessions
         self.clock = clock
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.reads = reads_of(sessions)
+        self.book = book or LeaseBook()   # the process's, renewed by its heartbeat; else this loop's own
 
     def run_once(self) -> int:
         """Claim and process one batch; the number of rows."""
@@ -62,8 +74,17 @@ class ClaimLoop:
         with self.sessions.begin() as s:
             rows = claim_due(s, self.model, now=self.clock.now(), owner=self.owner, limit=self.batch,
                              lease=self.lease)
-        self.process(rows)
+        self.book.hold(self.model, self.owner, rows)
+        try:
+            self.process(rows)
+        finally:
+            self.book.release(self.model, [r.id for r in rows])
         return len(rows)
+
+    def lease_left(self, row) -> float:
+        """Seconds this loop still holds `row` for, as last confirmed (0 once another worker took it)."""
+        until = self.book.until(self.model, row.id)
+        return (until - self.clock.now()).total_seconds() if until else 0.0
 
     def process(self, rows: list) -> None:
         raise NotImplementedError

@@ -101,8 +101,8 @@ class EventDispatcher(ClaimLoop):
 
     def __init__(self, sessions: sessionmaker[Session], clock: Clock,
                  handlers: dict[type, list[Handler]], deps: dict[str, Any], *, owner: str,
-                 lease_seconds: int = 30, batch: int = 16):
-        super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch)
+                 lease_seconds: float = 30, batch: int = 16, book=None):
+        super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch, book=book)
         self.handlers = handlers
         self.deps = deps
         # Each handler's arguments, resolved once: a misnamed dependency fails here, at start-up.

@@ -2,10 +2,15 @@
 
 A handler adds a row (idempotency key, deadline) in the same transaction as its state change; a
 worker claims it, calls WeCom through the one client, and settles it by errcode: done, retry at a
-time, expired (its deadline passed), or dead. The unique key makes a re-run of a handler a no-op;
-the lease makes a crashed worker's row due again. A crash between WeCom's answer and the settle can
-repeat a call: every kind is made safe for that at WeCom's side (welcome codes are single use and
-answer 41051; message/send uses enable_duplicate_check).
+time, unknown (sent, answer lost), expired (its deadline passed), or dead. The unique key makes a
+re-run of a handler a no-op; the lease makes a crashed worker's row due again.
+
+At most once at WeCom: each kind's Executor says whether its call is idempotent. A repeat of an
+idempotent call is harmless at WeCom's side (welcome codes are single use and answer 41051;
+message/send carries the duplicate check; reads, updates and cancels). A call that is not (a mass
+message, a reminder) is never resent after its answer was lost, a lease ran out under it, or its
+worker died: the row is `uncertain`, and its next attempt asks WeCom first (`reconcile`) and
+sends only when WeCom has no trace of it.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class OutboxRepo:
 
 @dataclass
 class Outcome:
-    status: str                       # done | retry | expired | dead
+    status: str                       # done | retry | unknown | expired | dead
     errcode: int = 0
     error: str | None = None
     result: dict = field(default_factory=dict)
@@ -86,16 +91,29 @@ class Executor:
 
     send(client, row) -> result dict, raising WeComError; decide(errcode, row, now) -> Outcome;
     settle(session, row, outcome, now) records the domain outcome in the same transaction.
+    idempotent: sending twice does one thing at WeCom. When it is not, reconcile(client, row) runs
+    before an uncertain row is sent again: the result WeCom already holds for it (settled as done),
+    or None when WeCom has none and the row may be sent.
     """
     kind: str
     send: Callable[[WeComClient, Outbox], dict]
     decide: Callable[[WeComError, Outbox, datetime], Outcome] | None = None
     settle: Callable[[Session, Outbox, Outcome, datetime], None] | None = None
+    idempotent: bool = True
+    reconcile: Callable[[WeComClient, Outbox], dict | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.idempotent and self.reconcile is None:
+            raise ValueError(f"outbox kind {self.kind!r} is not idempotent and has no reconcile")
 
 
 def default_decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
     if err.errcode == errcodes.PACED:
         return Outcome("retry", err.errcode, err.errmsg, retry_in=err.retry_after or 1.0)
+    if err.errcode == errcodes.LEASE_LOST:
+        return Outcome("retry", err.errcode, err.errmsg, retry_in=0)
+    if err.errcode == errcodes.UNKNOWN_OUTCOME:
+        return Outcome("unknown", err.errcode, err.errmsg, retry_in=min(300.0, 5.0 * 2 ** row.attempts))
     if err.errcode in errcodes.RETRYABLE:
         wait = 60.0 if err.errcode == errcodes.API_FREQ_LIMIT else min(300.0, 2.0 ** row.attempts)
         return Outcome("retry", err.errcode, err.errmsg, retry_in=wait)
@@ -108,9 +126,9 @@ class OutboxWorker(ClaimLoop):
     model = Outbox
 
     def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock,
-                 executors: dict[str, Executor], *, owner: str, lease_seconds: int = 30,
-                 batch: int = 8, on_settled: Callable[[Outbox, Outcome], None] | None = None):
-        super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch)
+                 executors: dict[str, Executor], *, owner: str, lease_seconds: float = 30,
+                 batch: int = 8, on_settled: Callable[[Outbox, Outcome], None] | None = None, book=None):
+        super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch, book=book)
         self.client = client
         self.executors = executors
         self.on_settled = on_settled
@@ -118,7 +136,7 @@ class OutboxWorker(ClaimLoop):
     def process(self, rows: list[Outbox]) -> None:
         # Calls one by one, then one transaction settles the batch: on SQLite every transaction is
         # a turn of the one write lock, and a turn per row was most of a broadcast slot's time. A
-        # crash before the settle repeats those calls, which every kind is made safe for (above).
+        # crash before the settle leaves the rows running: taken back, they are uncertain (above).
         self._settle([(row, *self._run(row)) for row in rows])
 
     def _run(self, row: Outbox) -> tuple[Executor | None, Outcome]:
@@ -132,8 +150,13 @@ class OutboxWorker(ClaimLoop):
             outcome = Outcome("dead", errcode=row.last_errcode or 0, error="too many attempts")
         else:
             try:
-                with self.client.holding_lease():
-                    outcome = Outcome("done", result=ex.send(self.client, row) or {})
+                with self.client.holding_lease(lambda need: self.lease_left(row) >= need):
+                    found = ex.reconcile(self.client, row) if row.uncertain and ex.reconcile else None
+                    if found is not None:
+                        log.info("outbox %s %s: WeCom already has it, not sent again", row.kind, row.key)
+                        outcome = Outcome("done", result=found)
+                    else:
+                        outcome = Outcome("done", result=ex.send(self.client, row) or {})
             except WeComError as err:
                 outcome = (ex.decide or default_decide)(err, row, self.clock.now())
             except Exception as err:  # a bug in an executor: keep the row, say why, do not spin
@@ -168,15 +191,18 @@ class OutboxWorker(ClaimLoop):
 
     def _settle_one(self, s: Session, row: Outbox, ex: Executor | None, outcome: Outcome, now: datetime) -> bool:
         """Settle one row inside the batch's transaction; False when its lease was lost to another worker."""
-        if outcome.status == "retry":
+        if outcome.status in ("retry", "unknown"):
             at = now + timedelta(seconds=outcome.retry_in)
             if row.deadline and at > row.deadline:
                 outcome.status, outcome.error = "expired", outcome.error or "deadline passed while retrying"
         values: dict[str, Any] = dict(last_errcode=outcome.errcode or None, last_error=outcome.error,
                                       claimed_by=None, lease_until=None)
-        if outcome.status == "retry":
-            values.update(status="pending", next_attempt_at=now + timedelta(seconds=outcome.retry_in))
-            if outcome.errcode == errcodes.PACED:  # never sent: waiting for room is not an attempt
+        if outcome.status in ("retry", "unknown"):
+            values.update(status="pending" if outcome.status == "retry" else "unknown",
+                          next_attempt_at=now + timedelta(seconds=outcome.retry_in))
+            if outcome.status == "unknown":
+                values.update(uncertain=True)
+            if outcome.errcode in (errcodes.PACED, errcodes.LEASE_LOST):  # never sent: not an attempt
                 values.update(attempts=Outbox.attempts - 1, last_errcode=row.last_errcode)
         else:
             if ex and ex.settle:

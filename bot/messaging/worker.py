@@ -6,10 +6,10 @@ covers rows written by other processes."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
+
+from bot.messaging.heartbeat import process_id
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class Doorbell:
 
 
 def worker_id(name: str) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{name}"
+    """claimed_by of one worker thread: the process's id (its heartbeat's), then the thread."""
+    return f"{process_id()}/{name}"
 
 
 class WorkerPool:

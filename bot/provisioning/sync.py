@@ -15,14 +15,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
 from bot.config import Store as StoreConfig
 from bot.db.engine import reads_of
-from bot.db.models import GroupChat, Store
+from bot.db.models import GroupChat, QrFinding, SlotDelivery, Store
 from bot.funnel.facts import apply_member_list
 from bot.media import MediaLibrary
+from bot.provisioning.groups import StoreIndex, record_group, tell_ops_unassigned, unassigned
 from bot.welcome.executors import ensure_group_qr_media
 from bot.wecom import errcodes
 from bot.wecom.api.join_way import MAX_CHATS, SCAN_JOIN_LIMIT
@@ -39,12 +41,21 @@ class StoreSyncResult:
     changes: list[str] = field(default_factory=list)
     error: str | None = None
     groups: int = 0
+    # groups of this store's clerks that the store rule gives to no store: (chat_id, owner, why)
+    unassigned: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
 class SyncReport:
     results: list[StoreSyncResult] = field(default_factory=list)
     seconds: float = 0.0
+    retired: list[Store] = field(default_factory=list)    # open in the database, gone from the config
+    staff: object = None   # bot.staff.roster.StaffReport: clerks gone, pending handovers
+
+    @property
+    def unassigned(self) -> dict[str, tuple[str, str]]:
+        """chat_id -> (owner, why): groups the store rule gives to no store (reported to ops)."""
+        return {c: (o, w) for r in self.results for c, o, w in r.unassigned}
 
     @property
     def changed(self) -> list[StoreSyncResult]:
@@ -77,7 +88,10 @@ def pick_join_chats(groups: Sequence[GroupChat], current: Sequence[str]) -> list
 
 
 class Provisioner:
-    def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock, media: MediaLibrary):
+    def __init__(self, sessions: sessionmaker[Session], client: WeComClient, clock: Clock, media: MediaLibrary,
+                 ops_userids: Sequence[str] = ()):
+        self.ops_userids = list(ops_userids)   # told of groups the store rule gives to no store
+        self.roster = None      # bot.staff.roster.Roster (bootstrap): the staff step before the stores
         self.sessions = sessions
         self.reads = reads_of(sessions)
         self.client = client
@@ -88,55 +102,156 @@ class Provisioner:
              progress: Callable[[int, int, StoreSyncResult], None] | None = None) -> SyncReport:
         report = SyncReport()
         started = time.perf_counter()
+        if self.roster is not None:   # staff first: a clerk who is gone leaves the QR and is handed over
+            report.staff = self.roster.reconcile(self.sessions, self.client, stores)
+            stores = report.staff.effective(stores)
+            unstaffed = [cfg for cfg in stores if not cfg.clerks]
+            stores = [cfg for cfg in stores if cfg.clerks]
+            report.results += [StoreSyncResult(cfg.code, error="no clerk employed any more (finding no_clerk)")
+                               for cfg in unstaffed]
+        # Every store first, then one index of clerks and join ways: a group's store is then decided
+        # the same whichever store's sync reads it first.
+        for i in range(0, len(stores), 500):
+            with self.sessions.begin() as s:
+                for cfg in stores[i:i + 500]:
+                    self._upsert(s, cfg)
+        with self.reads() as s:
+            index = StoreIndex.load(s)
+            report.retired = self.retired(s, stores)
         with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="sync") as pool:
-            futures = [pool.submit(self.sync_store, s) for s in stores]
+            futures = [pool.submit(self.sync_store, s, index) for s in stores]
             for n, fut in enumerate(as_completed(futures), start=1):
                 result = fut.result()
                 report.results.append(result)
                 if progress:
                     progress(n, len(stores), result)
+        self._tell_ops_unassigned(report)
+        if report.staff is not None:
+            self.roster.after_sync(self.sessions, stores, report.staff)
         report.seconds = time.perf_counter() - started
         return report
 
-    def sync_store(self, cfg: StoreConfig) -> StoreSyncResult:
+    def _tell_ops_unassigned(self, report: SyncReport) -> None:
+        if not report.unassigned:
+            return
+        with self.sessions.begin() as s:
+            found = unassigned(s, list(report.unassigned))
+            tell_ops_unassigned(s, self.clock, self.ops_userids, found, f"sync:{self.clock.now():%Y%m%dT%H%M%S}")
+
+    @staticmethod
+    def retired(s: Session, configured: Sequence[StoreConfig]) -> list[Store]:
+        """Stores still open here that the config no longer lists."""
+        codes = {c.code for c in configured}
+        return [st for st in s.scalars(select(Store).where(Store.closed_at.is_(None)).order_by(Store.code))
+                if st.code not in codes]
+
+    def prune(self, stores: Sequence[Store], *, apply: bool) -> list[str]:
+        """`sync --prune`: what closing each retired store means (a dry run), or, with apply, doing it:
+        its contact way and join way deleted at WeCom, the store marked closed (no broadcasts, no QR
+        checks from then on; its rows stay for the reports). One line per store, for the operator."""
+        lines = []
+        for st in stores:
+            with self.reads() as s:
+                n = s.scalar(select(func.count()).select_from(GroupChat).where(
+                    GroupChat.store_code == st.code, GroupChat.dismissed_at.is_(None))) or 0
+            what = [f"del_contact_way {st.contact_way_config_id}" if st.contact_way_config_id else "",
+                    f"del_join_way {st.join_way_config_id}" if st.join_way_config_id else "",
+                    f"no more broadcasts to its {n} groups, no QR checks"]
+            head = f"{st.code} {st.name}: " + "; ".join(w for w in what if w)
+            if not apply:
+                lines.append(head + " (its history stays in the reports)")
+                continue
+            try:
+                self._close_store(st)
+            except WeComError as e:
+                lines.append(f"{st.code} {st.name}: not closed ({e}); the next `sync --prune --apply` tries again")
+                continue
+            lines.append(head + ": done, store closed")
+        return lines
+
+    def _close_store(self, st: Store) -> None:
+        # WeCom first: a config already gone there (deleted by hand, or by a run that died before the
+        # database noted it) counts as deleted.
+        for config_id, delete in ((st.contact_way_config_id, self.client.external_contact.del_contact_way),
+                                  (st.join_way_config_id, self.client.join_way.del_join_way)):
+            if not config_id:
+                continue
+            try:
+                delete(config_id)
+            except WeComError as e:
+                if e.errcode not in CONFIG_GONE:
+                    raise
+        now = self.clock.now()
+        with self.sessions.begin() as s:
+            row = s.get(Store, st.code)
+            row.closed_at = now
+            row.contact_way_config_id = row.contact_way_qr_code = None
+            row.join_way_config_id = row.join_way_qr_code = None
+            row.join_way_chat_ids = []
+            s.execute(update(SlotDelivery).where(SlotDelivery.store_code == st.code, SlotDelivery.status == "planned")
+                      .values(status="skipped", reason="门店已关闭"))
+            s.execute(update(QrFinding).where(QrFinding.store_code == st.code, QrFinding.resolved_at.is_(None))
+                      .values(resolved_at=now, open_key=None, repaired="门店已关闭"))
+        log.info("store %s closed: its contact way and join way deleted at WeCom", st.code)
+
+    def sync_store(self, cfg: StoreConfig, index: StoreIndex | None = None) -> StoreSyncResult:
         result = StoreSyncResult(cfg.code)
         try:
-            self._upsert_store(cfg)
-            groups = self._sync_groups(cfg, result)
+            if index is None:   # one store alone (a QR-check repair): its row here, the index read now
+                self._upsert_store(cfg)
+                with self.reads() as s:
+                    index = StoreIndex.load(s)
+            groups = self._sync_groups(cfg, result, index)
             self._contact_way(cfg, result)
             self._join_way(cfg, groups, result)
         except WeComError as e:
             result.error = str(e)
             log.warning("sync %s: %s", cfg.code, e)
+        except Exception as e:   # noqa: BLE001 — one store's bug or database error must not end the sync
+            result.error = f"{type(e).__name__}: {e}"
+            log.exception("sync %s failed", cfg.code)
         return result
 
     def _upsert_store(self, cfg: StoreConfig) -> None:
         with self.sessions.begin() as s:
-            store = s.get(Store, cfg.code) or Store(code=cfg.code, name=cfg.name)
-            store.name, store.clerks, store.benefit = cfg.name, list(cfg.clerks), cfg.benefit
-            s.add(store)
+            self._upsert(s, cfg)
 
-    def _sync_groups(self, cfg: StoreConfig, result: StoreSyncResult) -> list[GroupChat]:
+    @staticmethod
+    def _upsert(s: Session, cfg: StoreConfig) -> None:
+        store = s.get(Store, cfg.code) or Store(code=cfg.code, name=cfg.name)
+        store.name, store.clerks, store.benefit = cfg.name, list(cfg.clerks), cfg.benefit
+        store.closed_at = None   # listed again: open again (sync recreates its QR codes)
+        s.add(store)
+
+    def _sync_groups(self, cfg: StoreConfig, result: StoreSyncResult, index: StoreIndex) -> list[GroupChat]:
+        """The clerks' groups as read from WeCom; those the store rule gives to this store are returned
+        (the candidates for its join way). A clerk's group of another store is recorded for that one."""
         api = self.client.external_contact_group_chat
         now = self.clock.now()
-        groups, infos = [], []
+        infos = []
         for chat_id in api.list_owned(list(cfg.clerks)):
             try:
-                info = api.get(chat_id)
+                infos.append(api.get(chat_id))
             except WeComError as e:
                 if e.errcode in (errcodes.NOT_CUSTOMER_GROUP, errcodes.INVALID_CHAT_ID):
                     continue
                 raise
-            infos.append(info)
-            groups.append(GroupChat(chat_id=chat_id, store_code=cfg.code, owner=info.get("owner", ""),
-                                    name=info.get("name"), member_count=len(info.get("member_list", [])),
-                                    member_version=info.get("member_version"), synced_at=now))
+        # One lock order for every store's sync: two stores sharing a clerk write the same rows.
+        infos.sort(key=lambda i: i["chat_id"])
+        mine = []
         with self.sessions.begin() as s:
-            for g in groups:
-                s.merge(g)
+            for info in infos:
+                g, d = record_group(s, info, now, index)
+                if d.store_code == cfg.code:
+                    mine.append(g.chat_id)
+                elif d.store_code is None:
+                    result.unassigned.append((g.chat_id, g.owner, d.why))
             s.flush()
             for info in infos:  # the member lists: a baseline for join attribution and the scan cap
                 apply_member_list(s, info, now)
+            groups = [GroupChat(chat_id=g.chat_id, store_code=g.store_code, owner=g.owner, name=g.name,
+                                member_count=g.member_count)
+                      for g in s.scalars(select(GroupChat).where(GroupChat.chat_id.in_(mine)))]
         result.groups = len(groups)
         return groups
 
@@ -154,20 +269,21 @@ class Provisioner:
                     raise
                 result.changes.append("contact way gone at WeCom: recreated")
         if current is None:
-            res = api.add_contact_way(type=want_type, scene=2, remark=cfg.code, skip_verify=True,
-                                      state=cfg.code, user=list(cfg.clerks))
+            res = self._add_contact_way(cfg, want_type, result)
             config_id, qr_code = res["config_id"], res.get("qr_code")
             if "contact way gone at WeCom: recreated" not in result.changes:
                 result.changes.append("contact way created")
         else:
             qr_code = current.get("qr_code")
+            # A multi-clerk way may hold one clerk (after a departure) and the counter QR stays; only a
+            # single-clerk way that must take several is replaced (type cannot be updated).
+            replace = int(current.get("type", want_type)) == 1 and want_type == 2
             if (current.get("state") != cfg.code or sorted(current.get("user") or []) != sorted(cfg.clerks)
-                    or int(current.get("type", want_type)) != want_type):
-                if int(current.get("type", want_type)) != want_type:
+                    or replace):
+                if replace:
                     # type cannot be updated: replace the config
                     api.del_contact_way(config_id)
-                    res = api.add_contact_way(type=want_type, scene=2, remark=cfg.code, skip_verify=True,
-                                              state=cfg.code, user=list(cfg.clerks))
+                    res = self._add_contact_way(cfg, want_type, result)
                     config_id, qr_code = res["config_id"], res.get("qr_code")
                     result.changes.append("contact way replaced (clerk count changed)")
                 else:
@@ -178,11 +294,46 @@ class Provisioner:
             store = s.get(Store, cfg.code)
             store.contact_way_config_id, store.contact_way_qr_code = config_id, qr_code
 
+    def _add_contact_way(self, cfg: StoreConfig, want_type: int, result: StoreSyncResult) -> dict:
+        """add_contact_way at most once: after a lost answer, the config is looked up by its state
+        among those created since (list_contact_way) and adopted, or created only if WeCom has none."""
+        started = int(self.clock.now().timestamp())
+        spec = dict(type=want_type, scene=2, remark=cfg.code, skip_verify=True, state=cfg.code, user=list(cfg.clerks))
+        try:
+            return self.client.external_contact.add_contact_way(**spec)
+        except WeComError as e:
+            if e.errcode != errcodes.UNKNOWN_OUTCOME:
+                raise
+        found = self.client.contact_way.find_by_state(cfg.code, start_time=started - 60,
+                                                      end_time=int(self.clock.now().timestamp()) + 60)
+        if found:
+            log.info("sync %s: contact way %s was created before its answer was lost: adopted", cfg.code,
+                     found["config_id"])
+            result.changes.append("contact way adopted after a lost answer")
+            return found
+        return self.client.external_contact.add_contact_way(**spec)
+
+    def _add_join_way(self, cfg: StoreConfig, spec: dict, result: StoreSyncResult) -> str:
+        """add_join_way is not resent blind either; but WeCom lists no join ways (only add, get,
+        update, del exist), so after a lost answer the one that may exist cannot be found: a new one
+        is made and the stray (unused, never shown to anyone) is said in the result."""
+        try:
+            return self.client.join_way.add_join_way(**spec)
+        except WeComError as e:
+            if e.errcode != errcodes.UNKNOWN_OUTCOME:
+                raise
+        log.warning("sync %s: add_join_way answer lost; created again (a stray join way may exist at WeCom)", cfg.code)
+        result.changes.append("join way created again after a lost answer (a stray, unused one may exist)")
+        return self.client.join_way.add_join_way(**spec)
+
     def _join_way(self, cfg: StoreConfig, groups: list[GroupChat], result: StoreSyncResult) -> None:
         api = self.client.join_way
         if not groups:
             result.error = (f"no customer groups owned by {', '.join(cfg.clerks)}: "
                             "a clerk must create one in WeCom before the store has a group QR")
+            if result.unassigned:
+                result.error += (f" ({len(result.unassigned)} of their groups belong to no store by the store rule: "
+                                 "reported to ops)")
             return
         with self.reads() as s:
             store = s.get(Store, cfg.code)
@@ -199,7 +350,7 @@ class Provisioner:
         chats = pick_join_chats(groups, current_chats)
         spec = dict(chat_ids=chats, state=cfg.code, room_base_name=cfg.name, remark=cfg.code)
         if current is None:
-            config_id = api.add_join_way(**spec)
+            config_id = self._add_join_way(cfg, spec, result)
             if "join way gone at WeCom: recreated" not in result.changes:
                 result.changes.append("join way created")
         elif (list(current.get("chat_id_list") or []) != chats or current.get("state") != cfg.code

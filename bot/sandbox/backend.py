@@ -9,6 +9,7 @@ the API emit no callback, as at WeCom.
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import threading
 from collections import defaultdict, deque
@@ -19,6 +20,9 @@ from typing import Any
 from bot.clock import Clock
 from bot.sandbox.errors import SandboxError
 from bot.sandbox.rules import Rules
+from bot.sandbox.staff import STAFF_ENDPOINTS, StaffMixin
+from bot.sandbox.stats import STATS_ENDPOINTS, StatsMixin
+from bot.sandbox.tags import TAG_ENDPOINTS, TAG_WRITES, TagsMixin
 
 MAX_JOIN_CHATS = 5
 MAX_STATE = 30
@@ -43,6 +47,8 @@ class Group:
     create_time: int
     members: list[Member] = field(default_factory=list)
     version: int = 1
+    # groupchat/list `status` (doc 92120 via SDK text): 0 跟进人正常, 1 跟进人离职, 2 离职继承中, 3 离职继承完成
+    status: int = 0
 
     @property
     def member_version(self) -> str:
@@ -68,7 +74,7 @@ class Corp:
     encoding_aes_key: str
 
 
-class WeComBackend:
+class WeComBackend(StaffMixin, StatsMixin, TagsMixin):
     def __init__(self, corp: Corp, clock: Clock, rules: Rules | None = None, public_url: str = ""):
         self.corp = corp
         self.clock = clock
@@ -101,7 +107,14 @@ class WeComBackend:
             self._rate: dict[str, tuple[int, int]] = {}
             self._member_minute: dict[str, deque] = defaultdict(deque)
             self._inject: dict[str, deque] = defaultdict(deque)
+            self._faults: dict[str, deque] = defaultdict(deque)
+            self._member_hour: dict[str, deque] = defaultdict(deque)
+            self._sent_json: dict[str, float] = {}      # message/send request JSON → when (duplicate check)
+            self.dismissed: set[str] = set()
             self._ids = itertools.count(1)
+            self.reset_staff()
+            self.reset_stats()
+            self.reset_tags()
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):06d}{secrets.token_hex(4)}"
@@ -141,6 +154,45 @@ class WeComBackend:
         with self.lock:
             self._inject[endpoint].extend([errcode] * times)
 
+    def inject_fault(self, endpoint: str, fault: str, times: int = 1) -> None:
+        """The next `times` calls to `endpoint` are done, and then their answer is lost:
+        `drop` (the connection breaks mid-answer) or `late` (the answer comes after the client gave up)."""
+        if fault not in ("drop", "late"):
+            raise ValueError(f"unknown fault {fault!r}")
+        with self.lock:
+            self._faults[endpoint].extend([fault] * times)
+
+    def take_fault(self, endpoint: str) -> str | None:
+        with self.lock:
+            return self._faults[endpoint].popleft() if self._faults[endpoint] else None
+
+    def dismiss_group(self, chat_id: str) -> dict:
+        """The owner dismisses the group: gone from lists; groupchat/get answers dismissed_group_errcode.
+        Returns the change_external_chat dismiss fields (doc 92130: 「ChangeType 此时固定为dismiss」)."""
+        with self.lock:
+            self.groups.pop(chat_id)
+            self.dismissed.add(chat_id)
+            if self.rules.dismissed_leaves_join_way:
+                for way in self.join_ways.values():
+                    way["chat_id_list"] = [c for c in way["chat_id_list"] if c != chat_id]
+            return {"ChangeType": "dismiss", "ChatId": chat_id}
+
+    def admin_changes_owner(self, chat_id: str, new_owner: str) -> dict:
+        """An admin hands a group to another member in the admin console (not through the API, so WeCom
+        calls back): the change_external_chat update fields, UpdateDetail change_owner (doc 92130:
+        「change_owner : 群主变更」). The callback does not name the new owner: groupchat/get does."""
+        with self.lock:
+            g = self.groups.get(chat_id)
+            if g is None:
+                raise SandboxError(40050)
+            if new_owner not in self.clerks:
+                raise SandboxError(40003)
+            g.owner = new_owner
+            if not any(m.userid == new_owner for m in g.members):
+                g.members.append(Member(new_owner, 1, int(self.now()), 1))
+                g.version += 1
+            return {"ChangeType": "update", "UpdateDetail": "change_owner", "ChatId": chat_id}
+
     def invalidate_tokens(self) -> None:
         """WeCom may invalidate access tokens early 「出于运营需要」."""
         with self.lock:
@@ -174,6 +226,7 @@ class WeComBackend:
                 "errors": dict(self.errors),
                 "writes": len(self.writes),
                 "rules": self.rules.as_dict(),
+                "tags": self.tag_state(),      # tag groups with their tags; each customer's tags per clerk
             }
 
     # -- the API front door ---------------------------------------------------------------
@@ -266,8 +319,20 @@ class WeComBackend:
                "state": body.get("state", ""), "user": list(body["user"]), "party": body.get("party", [])}
         if body["scene"] == 2:
             way["qr_code"] = self.qr_url("contact", config_id)
+        way["create_time"] = int(self.now())
         self.contact_ways[config_id] = way
         return {"config_id": config_id, **({"qr_code": way["qr_code"]} if "qr_code" in way else {})}
+
+    def list_contact_way(self, body: dict) -> dict:
+        now = self.now()
+        start, end = int(body.get("start_time", now - 90 * 86400)), int(body.get("end_time", now))
+        limit = int(body.get("limit", 100))
+        if not 0 < limit <= 1000:
+            raise SandboxError(40058, "limit 1..1000")
+        ids = [c for c, w in self.contact_ways.items() if start <= w.get("create_time", 0) <= end]
+        at = int(body.get("cursor") or 0)
+        nxt = str(at + limit) if at + limit < len(ids) else ""
+        return {"contact_way": [{"config_id": c} for c in ids[at:at + limit]], "next_cursor": nxt}
 
     def _contact_way(self, body: dict) -> dict:
         way = self.contact_ways.get(body.get("config_id", ""))
@@ -298,16 +363,22 @@ class WeComBackend:
         owners = (body.get("owner_filter") or {}).get("userid_list")
         if owners is not None and len(owners) > 100:
             raise SandboxError(40058, "owner_filter.userid_list over 100")
-        chats = sorted(c for c, g in self.groups.items() if owners is None or g.owner in owners)
+        # status_filter (doc 92120 via SDK text): 「0 - 所有列表(即不过滤) 1 - 离职待继承 2 - 离职继承中
+        # 3 - 离职继承完成 默认为0」
+        status_filter = int(body.get("status_filter") or 0)
+        if status_filter not in (0, 1, 2, 3):
+            raise SandboxError(40058, "status_filter must be 0-3")
+        chats = sorted(c for c, g in self.groups.items() if (owners is None or g.owner in owners)
+                       and (status_filter == 0 or g.status == status_filter))
         start = int(body.get("cursor") or 0)
         page = chats[start:start + limit]
         nxt = str(start + limit) if start + limit < len(chats) else ""
-        return {"group_chat_list": [{"chat_id": c, "status": 0} for c in page], "next_cursor": nxt}
+        return {"group_chat_list": [{"chat_id": c, "status": self.groups[c].status} for c in page], "next_cursor": nxt}
 
     def groupchat_get(self, body: dict) -> dict:
         g = self.groups.get(body.get("chat_id", ""))
         if g is None:
-            raise SandboxError(40050)
+            raise SandboxError(self.rules.dismissed_group_errcode if body.get("chat_id") in self.dismissed else 40050)
         now = self.now()
         need_name = bool(body.get("need_name"))
         members = []
@@ -396,7 +467,11 @@ class WeComBackend:
                 self._check_media(part.get("media_id"))
             elif kind == "miniprogram":
                 self._check_media((a.get("miniprogram") or {}).get("pic_media_id"))
-            elif kind != "link":
+            elif kind == "link":   # title and url are required (doc 92137 send_welcome_msg / 92135)
+                link = a.get("link") or {}
+                if not link.get("title") or not link.get("url"):
+                    raise SandboxError(40058, "link attachment needs title and url")
+            else:
                 raise SandboxError(40058, f"invalid attachment type {kind!r}")
 
     # -- app messages to clerks -------------------------------------------------------------
@@ -414,13 +489,24 @@ class WeComBackend:
             raise SandboxError(45002)
         now = self.now()
         msgid = self._id("msg")
+        duplicate = False
+        if self.rules.duplicate_check and body.get("enable_duplicate_check"):
+            same = json.dumps(body, sort_keys=True, ensure_ascii=False)
+            interval = float(body.get("duplicate_check_interval") or 1800)
+            duplicate = self._sent_json.get(same, -1e18) > now - interval
+            if not duplicate:
+                self._sent_json[same] = now
         for u in valid:
-            window = self._member_minute[u]
-            while window and window[0] <= now - 60:
-                window.popleft()
-            dropped = len(window) >= self.rules.app_msg_per_member_minute  # dropped silently, as WeCom
+            dropped = "duplicate" if duplicate else None
+            for window, span, limit in ((self._member_minute[u], 60, self.rules.app_msg_per_member_minute),
+                                        (self._member_hour[u], 3600, self.rules.app_msg_per_member_hour)):
+                while window and window[0] <= now - span:
+                    window.popleft()
+                if not dropped and len(window) >= limit:
+                    dropped = "member_limit"     # dropped silently, as WeCom does
             if not dropped:
-                window.append(now)
+                self._member_minute[u].append(now)
+                self._member_hour[u].append(now)
             self.app_messages.append({"msgid": msgid, "touser": u, "msgtype": kind, kind: content,
                                       "at": now, "dropped": dropped})
         return {"invaliduser": "|".join(invalid), "msgid": msgid}
@@ -583,7 +669,7 @@ class WeComBackend:
         now = self.now()
         recent = [r for r in t["reminds"] if r > now - 86400]
         if len(recent) >= self.rules.remind_per_day:
-            raise SandboxError(45009, "at most 3 reminders per broadcast in 24 h")
+            raise SandboxError(self.rules.remind_limit_errcode, "at most 3 reminders per broadcast in 24 h")
         t["reminds"] = recent + [now]
         return {}
 
@@ -660,6 +746,7 @@ class WeComBackend:
             now = self.now()
             last = group.member_version
             group.members.append(Member(ext_id, 2, int(now), 3, state=way["state"] or None,
+                                        name=self.external.get(ext_id, {}).get("name"),   # need_name shows it
                                         visible_at=now + self.rules.groupchat_get_lag))
             group.version += 1
             return {"ChangeType": "update", "UpdateDetail": "add_member", "ChatId": group.chat_id,
@@ -720,6 +807,7 @@ def _body_handler(name):
 ENDPOINTS = {
     "externalcontact/add_contact_way": _body_handler("add_contact_way"),
     "externalcontact/get_contact_way": _body_handler("get_contact_way"),
+    "externalcontact/list_contact_way": _body_handler("list_contact_way"),
     "externalcontact/update_contact_way": _body_handler("update_contact_way"),
     "externalcontact/del_contact_way": _body_handler("del_contact_way"),
     "externalcontact/groupchat/list": _body_handler("groupchat_list"),
@@ -740,3 +828,7 @@ ENDPOINTS = {
     "ticket/get": _body_handler("ticket_get"),
     "media/upload": _body_handler("media_upload"),
 }
+ENDPOINTS.update(STAFF_ENDPOINTS)   # staff turnover: user/get, transfers (bot/sandbox/staff.py)
+ENDPOINTS.update(STATS_ENDPOINTS)   # group statistics: groupchat/statistic, by day (bot/sandbox/stats.py)
+ENDPOINTS.update(TAG_ENDPOINTS)     # corp customer tags and mark_tag (bot/sandbox/tags.py)
+WeComBackend.WRITES = WeComBackend.WRITES | TAG_WRITES

@@ -129,6 +129,26 @@ class Driver:
     def member_deletes_clerk(self, external_userid: str, userid: str) -> Delivery:
         return self._event("change_external_contact", self.backend.member_deletes_clerk(external_userid, userid))
 
+    def admin_changes_owner(self, chat_id: str, new_owner: str) -> Delivery:
+        """An admin hands a group to another clerk in the console: change_external_chat / update, change_owner."""
+        return self._event("change_external_chat", self.backend.admin_changes_owner(chat_id, new_owner))
+
+    def owner_dismisses(self, chat_id: str) -> Delivery:
+        """The owner dismisses the group: change_external_chat / dismiss."""
+        return self._event("change_external_chat", self.backend.dismiss_group(chat_id))
+
+    def clerk_leaves(self, userid: str, *, keep_record: bool = False) -> Delivery:
+        """An admin deletes the member: change_contact / delete_user (通讯录回调)."""
+        return self._event("change_contact", self.backend.delete_user(userid, keep_record=keep_record))
+
+    def clerk_joins(self, userid: str, name: str | None = None) -> Delivery:
+        """A member is created (or comes back): change_contact / create_user."""
+        return self._event("change_contact", self.backend.create_user(userid, name))
+
+    def customer_refuses_transfer(self, external_userid: str) -> Delivery:
+        """The customer taps 「暂不添加」: change_external_contact / transfer_fail, FailReason customer_refused."""
+        return self._event("change_external_contact", self.backend.customer_refuses_transfer(external_userid))
+
     def clerk_says(self, userid: str, text: str) -> Delivery:
         msg_id = str(secrets.randbits(62))
         xml = event_xml(self.backend.corp.corp_id, int(self.backend.now()),

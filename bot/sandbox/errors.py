@@ -18,9 +18,19 @@ ERRMSG = {
     42001: "access_token expired",
     45002: "content size out of limit",
     45009: "api freq out of limit",
+    41063: "groupmsg is being dispatched, try again later",
+    41094: "groupmsg remind over frequency limit",
+    49008: "chat has been dismissed",
     47001: "data format error",
     81013: "user & party & tag all invalid",
     90501: "chat is not external group chat",
+    40096: "invalid external userid",
+    40097: "该成员尚未离职",
+    40128: "customer transferred too many times (at most 2 in 90 days)",
+    40129: "customer is waiting for a takeover",
+    60111: "UserID不存在",
+    84061: "not external contact",
+    90500: "the group's owner has not resigned",
 }
 
 

@@ -3,12 +3,13 @@ control plane under /_sandbox/ to inspect state, change rules and play members."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import zlib
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.errors import SandboxError
@@ -32,6 +33,11 @@ def qr_png(text: str, size: int = 29) -> bytes:
 
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+async def _broken_body():
+    yield b'{"errc'
+    raise ConnectionResetError("sandbox: answer lost on purpose")
 
 
 def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
@@ -70,7 +76,13 @@ def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
                     raise SandboxError(47001)
                 # GET endpoints (ticket/get?type=…) take their arguments in the query
                 body = {**{k: v for k, v in request.query_params.items() if k != "access_token"}, **body}
-            return wecom_json(backend.call(path, token, body))
+            answer = wecom_json(backend.call(path, token, body))
+            fault = backend.take_fault(path)
+            if fault == "late":      # done, answered after the client's timeout
+                await asyncio.sleep(backend.rules.late_answer_seconds)
+            elif fault == "drop":    # done, and the connection breaks before the answer is out
+                return StreamingResponse(_broken_body(), media_type="application/json")
+            return answer
         except SandboxError as e:
             if e.errcode == 404:
                 return JSONResponse({"errcode": 404, "errmsg": e.errmsg}, status_code=404)
@@ -101,8 +113,16 @@ def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
 
     @app.post("/_sandbox/inject")
     async def inject(request: Request):
+        """{endpoint, errcode, times}: fail before doing anything; {endpoint, fault: drop|late, times}:
+        do it, then lose the answer."""
         b = await request.json()
-        backend.inject(b["endpoint"], int(b["errcode"]), int(b.get("times", 1)))
+        try:
+            if "fault" in b:
+                backend.inject_fault(b["endpoint"], b["fault"], int(b.get("times", 1)))
+            else:
+                backend.inject(b["endpoint"], int(b["errcode"]), int(b.get("times", 1)))
+        except (KeyError, ValueError) as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
         return {"ok": True}
 
     @app.post("/_sandbox/break")

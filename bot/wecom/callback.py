@@ -221,6 +221,8 @@ def parse_event(xml: str) -> ev.DomainEvent:
             join_scene=_int(f.get("JoinScene")), quit_scene=_int(f.get("QuitScene")),
             mem_change_cnt=_int(f.get("MemChangeCnt")), member_ids=member_change_list(f.get("MemChangeList")),
             last_mem_ver=_str(f.get("LastMemVer")), cur_mem_ver=_str(f.get("CurMemVer")))
+    if event == "change_contact" and change in ("create_user", "update_user", "delete_user"):
+        return ev.StaffChanged(at, change, f.get("UserID") or "", _str(f.get("NewUserID")), _int(f.get("Status")))
     if event == "change_external_tag":
         return ev.TagChanged(at, f.get("Id") or "", f.get("TagType") or "", change, _int(f.get("StrategyId")))
     if kind == "text":

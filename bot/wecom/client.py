@@ -17,12 +17,15 @@ from contextlib import contextmanager
 from collections.abc import Callable
 
 import requests
+import urllib3
 from wechatpy.exceptions import WeChatClientException
 from wechatpy.work import WeChatClient
 
 from bot.clock import Clock, SystemClock
 from bot.wecom import errcodes
-from bot.wecom.api import AppMessageAPI, GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
+from bot.wecom.api import AppMessageAPI, ContactWayAPI, GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
+from bot.wecom.api import GroupTransferAPI, StaffAPI, TransferAPI
+from bot.wecom.api import TagAPI
 from bot.wecom.pacer import NoRoom, Pacer
 from bot.wecom.token_store import MemoryTokenStore, TokenStore
 
@@ -46,6 +49,37 @@ def _endpoint(url_or_endpoint: str) -> str:
 
 
 CallHook = Callable[[str, int, float], None]  # (endpoint, errcode, seconds)
+LeaseGuard = Callable[[float], bool]          # (seconds the next attempt may take) -> may it start?
+
+# Calls WeCom would do twice if the first one's answer was lost and it was sent again: a second mass
+# message task, a second QR config, a second reminder. After a lost answer the client does not
+# resend them; it raises UNKNOWN_OUTCOME and the caller reconciles with WeCom first (the outbox
+# marks the row uncertain; sync looks the config up by state). Everything else is safe to resend:
+# reads, overwrites (update_*), deletes, welcome codes (single use: 41051), message/send (the
+# duplicate check drops the repeat), media uploads (a second media_id costs nothing).
+WRITES_ONCE = frozenset({
+    "externalcontact/add_msg_template",
+    "externalcontact/add_contact_way",
+    "externalcontact/groupchat/add_join_way",
+    "externalcontact/remind_groupmsg_send",
+    # a transfer is counted by WeCom (two per customer or group in 90 days, 300 groups a day): after a
+    # lost answer the caller reads transfer_result / the group's owner before calling again
+    "externalcontact/resigned/transfer_customer",
+    "externalcontact/transfer_customer",
+    "externalcontact/groupchat/transfer",
+    "externalcontact/groupchat/onjob_transfer",
+})
+
+
+def never_sent(exc: requests.RequestException) -> bool:
+    """The request never left: no connection was made (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        cause = exc.args[0] if exc.args else None
+        reason = getattr(cause, "reason", cause)
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
 
 
 class WeComClient(WeChatClient):
@@ -54,6 +88,11 @@ class WeComClient(WeChatClient):
     join_way = JoinWayAPI()
     groupmsg = GroupMsgAPI()
     app_message = AppMessageAPI()
+    contact_way = ContactWayAPI()
+    staff = StaffAPI()
+    transfer = TransferAPI()
+    group_transfer = GroupTransferAPI()
+    corp_tags = TagAPI()              # 企业客户标签 (store tags, issue 14)
 
     def __init__(self, corp_id: str, secret: str, *, agent_id: int, api_base_url: str,
                  token_store: TokenStore | None = None, clock: Clock | None = None,
@@ -71,21 +110,27 @@ class WeComClient(WeChatClient):
         self.pacer = Pacer(self.clock, calls_per_minute)
         self.max_pace_wait = 5.0   # longer, and a call made under a lease is handed back (see holding_lease)
         self._leased = threading.local()
-        self._leased.active = False
         # Connection pool sized for the worker threads that share this client.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
 
     @contextmanager
-    def holding_lease(self):
-        """Calls in this block run for a claimed outbox row: rather than wait a minute for room under the
-        rate limit (and outlive the lease, so another worker sends it too) they fail with PACED."""
-        self._leased.active = True
+    def holding_lease(self, guard: LeaseGuard | None = None):
+        """Calls in this block run for a claimed outbox row. Rather than wait a minute for room under
+        the rate limit they fail with PACED; and before every attempt `guard(seconds)` must say the
+        row's lease still covers that attempt, else LEASE_LOST: a worker never calls WeCom for a row
+        another worker may have taken back."""
+        self._leased.active, self._leased.guard = True, guard
         try:
             yield
         finally:
-            self._leased.active = False
+            self._leased.active, self._leased.guard = False, None
+
+    def _may_attempt(self, endpoint: str) -> None:
+        guard = getattr(self._leased, "guard", None)
+        if guard is not None and not guard(self.timeout + 1.0):
+            raise WeComError(errcodes.LEASE_LOST, "the outbox row's lease does not cover another attempt", endpoint)
 
     # -- token ---------------------------------------------------------------------------
     @property
@@ -123,6 +168,7 @@ class WeComClient(WeChatClient):
 
     def _request(self, method, url_or_endpoint, **kwargs):
         endpoint = _endpoint(url_or_endpoint)
+        once = endpoint in WRITES_ONCE
         refreshed = False
         last = (errcodes.RETRY_BUDGET_SPENT, "retry budget spent")
         attempt = 0
@@ -138,6 +184,7 @@ class WeComClient(WeChatClient):
                                         else float("inf"))
                 except NoRoom as e:
                     raise WeComError(errcodes.PACED, str(e), endpoint, retry_after=e.wait) from None
+                self._may_attempt(endpoint)
                 result = super()._request(method, url_or_endpoint, **kwargs)
                 self._hook(endpoint, 0, started)
                 return result
@@ -157,11 +204,15 @@ class WeComClient(WeChatClient):
                     raise WeComError(errcode, last[1], endpoint) from e
                 if errcode not in errcodes.RETRYABLE:
                     raise WeComError(errcode, last[1], endpoint) from e
+                if once and errcode not in errcodes.NOT_DONE:   # a 5xx: the gateway may have passed it on
+                    raise WeComError(errcodes.UNKNOWN_OUTCOME, f"{last[1]}: answer lost", endpoint) from e
             except requests.RequestException as e:
                 self._hook(endpoint, errcodes.NETWORK_ERROR, started)
                 last = (errcodes.NETWORK_ERROR, type(e).__name__)
-            except WeComError as e:  # from gettoken, or the pacer handing the call back
-                if e.errcode == errcodes.PACED or e.errcode not in errcodes.RETRYABLE:
+                if once and not never_sent(e):
+                    raise WeComError(errcodes.UNKNOWN_OUTCOME, f"{last[1]}: answer lost", endpoint) from e
+            except WeComError as e:  # from gettoken, the pacer handing the call back, or the lease guard
+                if e.errcode in (errcodes.PACED, errcodes.LEASE_LOST) or e.errcode not in errcodes.RETRYABLE:
                     raise
                 last = (e.errcode, e.errmsg)
             attempt += 1

@@ -22,6 +22,17 @@ API_CONCURRENCY_LIMIT = 45033
 NO_PERMISSION = 48002
 ALL_RECIPIENTS_INVALID = 81013
 NOT_CUSTOMER_GROUP = 90501
+# staff turnover (doc 90313 via SDK text)
+NOT_RESIGNED = 40097              # 该成员尚未离职: a resigned/* call for a member still employed
+TRANSFER_LIMIT = 40128            # the customer was transferred twice in 90 days already (on-job)
+USER_NOT_FOUND = 60111            # UserID不存在: the member was deleted
+NO_CONTACT_RELATION = 84061       # 不存在外部联系人的关系 (externalcontact/list of a member with no customers)
+OWNER_NOT_RESIGNED = 90500        # groupchat/transfer of a group whose owner did not resign
+# corp customer tags (doc 90313 via go-workwx `errcodes/mod.go`)
+INVALID_TAG_ID = 40068            # 不合法的标签ID: 「标签ID未指定，或者指定的标签ID不存在」 (deleted at WeCom)
+TAG_NAME_TAKEN = 40071            # 不合法的标签名字 (some SDK lists: 「标签名字已经存在」)
+TAG_NAME_LENGTH = 40072           # 不合法的标签名字长度
+CORP_TAG_LIMIT = 40126            # 企业标签个数达到上限
 
 # Client-side codes (negative, beyond WeCom's own -1): the call never got a WeCom answer.
 HTTP_ERROR = -900                 # non-2xx HTTP status
@@ -30,8 +41,12 @@ RETRY_BUDGET_SPENT = -902
 BAD_RESPONSE = -903               # not JSON
 DATA_LAG = -904                   # WeCom answered, but not yet with what its callback announced
 PACED = -905                      # not sent: the per-API limit has no room for a while (retry_after)
+UNKNOWN_OUTCOME = -906            # sent, and the answer was lost (timeout, reset, 5xx): WeCom may have done it
+LEASE_LOST = -907                 # not sent: the outbox row's lease could not cover another attempt
 
 # What WeCom answers for a contact-way or join-way config_id it no longer has (41044; 40058 for some APIs).
 CONFIG_GONE = frozenset({INVALID_CONFIG_ID, INVALID_PARAMETER})
 TOKEN_STALE = frozenset({INVALID_SECRET, INVALID_ACCESS_TOKEN, ACCESS_TOKEN_EXPIRED})
 RETRYABLE = frozenset({SYSTEM_BUSY, API_FREQ_LIMIT, API_CONCURRENCY_LIMIT, HTTP_ERROR, NETWORK_ERROR, PACED})
+# WeCom answered, and what it answered says the call was not done: a retry cannot double anything.
+NOT_DONE = frozenset({SYSTEM_BUSY, API_FREQ_LIMIT, API_CONCURRENCY_LIMIT})

@@ -152,6 +152,10 @@ class WelcomeContent:
         return WelcomeSpec(merged["template"], str(merged["benefit"] or ""), bool(merged["attach_group_qr"]),
                            list(merged["attachments"] or []))
 
+    def clerk_name(self, userid: str) -> str:
+        """The clerk's display name from `clerk_names` (what customers call them), else the userid."""
+        return self._clerk_names.get(userid, userid)
+
     def render(self, *, store_code: str, store_name: str, clerk: str, store_benefit: str | None = None
                ) -> RenderedWelcome:
         # No reload here: the scheduler's tick reloads (bot.scheduler.reload_calendar), so a welcome's

@@ -51,6 +51,8 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welco
                     # The text still goes out inside the window; the QR's absence is recorded.
                     log.warning("welcome %s: group QR not attached (%s)", row.key, e)
                     notes.append("qr_upload_failed")
+        if p.get("page_link"):   # right after the QR image: 「点此进群（二维码打不开点这里）」
+            attachments.append(p["page_link"])
         for extra in p.get("attachments", []):
             # Every kind the schema takes (image, video, file, link, miniprogram), as the broadcast sends
             # them. One that cannot be read or uploaded is left out: the text and the group QR still go
@@ -89,6 +91,8 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welco
             return
         status = {"done": "already" if outcome.result.get("already") else "sent",
                   "expired": "expired", "dead": "failed"}[outcome.status]
+        if status == "expired" and row.uncertain:
+            status = "unknown"   # an earlier attempt's answer was lost: WeCom may have delivered it
         notes = outcome.result.get("notes") or []
         reason = (notes[0] if notes else None) if outcome.status == "done" else \
             (f"errcode {outcome.errcode}" if outcome.errcode else outcome.error)

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from bot.db.models import Welcome
 from bot.events import ContactAdded
+from bot.funnel.qr_page import QrPages
 from bot.messaging.inbox import StoredEvent
 from bot.messaging.outbox import insert_ignore
 from bot.messaging.uow import UnitOfWork
@@ -28,7 +29,7 @@ class WelcomeSkipped:
 
 
 def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent,
-                     welcome_content: WelcomeContent) -> list:
+                     welcome_content: WelcomeContent, qr_pages: QrPages) -> list:
     store = uow.stores.by_code(evt.state)
     reason = None
     if not evt.welcome_code:
@@ -45,7 +46,9 @@ def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent,
     uow.outbox.add("send_welcome_msg", f"welcome:{evt.welcome_code}",
                    {"event_id": stored.id, "welcome_code": evt.welcome_code, "store_code": store.code,
                     "text": rendered.text, "attach_group_qr": rendered.attach_group_qr,
-                    "attachments": rendered.attachments},
+                    "attachments": rendered.attachments,
+                    # the group-QR page of this add: the customer who cannot scan can say so there
+                    "page_link": qr_pages.attachment(store.code, stored.id)},
                    deadline=stored.received_at + WELCOME_WINDOW, priority=0)
     return [WelcomeQueued(store.code, evt.external_userid)]
 

@@ -46,7 +46,7 @@ def templates(h, creator: str | None = None) -> list[dict]:
 
 
 def reminders_to(h, userid: str) -> list[dict]:
-    return [m for m in h.backend.app_messages if m["touser"] == userid and m["msgtype"] == "textcard"]
+    return [m for m in h.backend.app_messages if m["touser"] == userid and not m["dropped"] and m["msgtype"] == "textcard"]
 
 
 def test_a_day_of_slots_mass_once_per_group_the_rest_by_reminder(synced):

@@ -17,7 +17,7 @@ OPEN = "开团 阳光玫瑰葡萄 39.9元 {stock}份 每人限{limit} 截止周�
 
 
 def replies(h, clerk):
-    return [m["text"]["content"] for m in h.backend.app_messages if m["touser"] == clerk]
+    return [m["text"]["content"] for m in h.backend.app_messages if m["touser"] == clerk and not m["dropped"]]
 
 
 def open_chain(h, stock=200, limit=2, clerk="zhangsan"):

@@ -1,5 +1,6 @@
 """The command line as an operator uses it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -159,6 +160,89 @@ def test_demo_runs_and_summarises():
     out = res.stdout
     assert "echo matches" in out and "second run: 3 stores synced" in out and "0 changed" in out
     assert "welcomes expired          0" in out and "failed                    0" in out
-    assert "customers added the clerk and could not join; the bot alerted zhaoliu" in out
+    assert "tapped 「扫码进不了群？告诉店员」" in out and "customers the bot alerted zhaoliu" in out
+    assert "顾客反馈扫码进不了群" in out
     assert "all-clear to zhaoliu" in out and "QR findings: none open" in out
+    assert "2 customers it stranded get the working group QR again" in out
+    assert "the counter QR of SZ002 now reaches lisi" in out and "2/2 of wangwu's groups now belong to lisi" in out
+    assert "mass message tasks by sender: lisi 1, zhangsan 1, zhaoliu 1" in out
+    assert "group-QR page             2 opened, 2 reported" in out and "handover                  wangwu → lisi" in out
     assert "HTTP [200, 200, 200]" in out
+
+
+def _gave_up_rows(db_url):
+    """One dead outbox row that may have reached WeCom, one dead one that did not, one done row and
+    one failed event, as the workers leave them."""
+    from datetime import datetime, timedelta, timezone
+
+    from bot.db.engine import make_engine, make_session_factory
+    from bot.db.models import Event, Outbox
+
+    t = datetime(2026, 11, 23, 1, 0, tzinfo=timezone.utc)
+    engine = make_engine(db_url)
+    with make_session_factory(engine).begin() as s:
+        s.add_all([
+            Outbox(key="tmpl:2026-11-23:10:00:zhangsan", kind="add_msg_template", status="dead", uncertain=True,
+                   created_at=t, next_attempt_at=t, done_at=t + timedelta(minutes=5), attempts=9,
+                   last_errcode=45009, last_error="too many attempts"),
+            Outbox(key="reply:m1", kind="app_message", status="dead", created_at=t, next_attempt_at=t,
+                   done_at=t + timedelta(minutes=9), attempts=3, last_errcode=81013, last_error="all invalid"),
+            Outbox(key="reply:m2", kind="app_message", status="done", created_at=t, next_attempt_at=t, done_at=t),
+            Event(delivery_key="k1", kind="change_external_chat/update", payload="<xml/>", received_at=t,
+                  next_attempt_at=t, status="failed", attempts=6, last_error="KeyError: 'ChatId'"),
+        ])
+    with make_session_factory(engine)() as s:
+        ids = {r.key: r.id for r in s.query(Outbox)} | {"event": s.query(Event).one().id}
+    return engine, ids
+
+
+def test_dead_lists_failed_events_and_dead_outbox_rows_newest_first(tmp_path, db_url, capsys):
+    cfg = str(config_for(tmp_path, db_url))
+    assert main(["db", "upgrade", "--config", cfg]) == 0
+    assert main(["dead", "--config", cfg]) == 0
+    assert "nothing gave up" in capsys.readouterr().out
+    engine, ids = _gave_up_rows(db_url)
+    engine.dispose()
+    assert main(["dead", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "1 failed events; retry one with --event ID" in out and "2 dead outbox rows; retry one with --retry ID" in out
+    assert f"event {ids['event']}  2026-11-23 09:00:00  change_external_chat/update  k1  attempts 6  KeyError" in out
+    newest = out.index(f"outbox {ids['reply:m1']}  2026-11-23 09:09:00  app_message  reply:m1  attempts 3 errcode 81013")
+    older = out.index(f"outbox {ids['tmpl:2026-11-23:10:00:zhangsan']}  2026-11-23 09:05:00  add_msg_template")
+    assert newest < older and "errcode 45009 uncertain  too many attempts" in out and "reply:m2" not in out
+    assert main(["dead", "--json", "--limit", "1", "--config", cfg]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["dead_outbox_rows"] == 2 and [r["key"] for r in listed["outbox"]] == ["reply:m1"]
+    assert listed["events"][0]["error"] == "KeyError: 'ChatId'"
+
+
+def test_dead_retry_puts_the_row_back_to_pending_and_keeps_it_uncertain(tmp_path, db_url, capsys):
+    from bot.db.engine import make_session_factory
+    from bot.db.models import Event, Outbox
+
+    cfg = str(config_for(tmp_path, db_url))
+    assert main(["db", "upgrade", "--config", cfg]) == 0
+    engine, ids = _gave_up_rows(db_url)
+    tmpl = ids["tmpl:2026-11-23:10:00:zhangsan"]
+    try:
+        assert main(["dead", "--retry", str(tmpl), "--config", cfg]) == 0
+        out = capsys.readouterr().out
+        assert f"outbox {tmpl} add_msg_template tmpl:2026-11-23:10:00:zhangsan: back to pending" in out
+        assert "uncertain, so WeCom is asked first" in out
+        assert main(["dead", "--event", str(ids["event"]), "--config", cfg]) == 0
+        assert f"event {ids['event']} change_external_chat/update: back to pending" in capsys.readouterr().out
+        with make_session_factory(engine)() as s:
+            row, evt = s.get(Outbox, tmpl), s.get(Event, ids["event"])
+            assert (row.status, row.attempts, row.uncertain, row.done_at) == ("pending", 0, True, None)
+            assert (evt.status, evt.attempts) == ("pending", 0)
+            assert s.get(Outbox, ids["reply:m1"]).status == "dead"          # only the one asked for
+        # a second retry, or a row that never gave up: refused, nothing touched
+        assert main(["dead", "--retry", str(tmpl), "--config", cfg]) == 1
+        assert f"outbox {tmpl} is pending, not dead: nothing retried" in capsys.readouterr().err
+        assert main(["dead", "--retry", str(ids["reply:m2"]), "--config", cfg]) == 1
+        assert main(["dead", "--retry", "99999", "--config", cfg]) == 1
+        assert "outbox 99999: no such row" in capsys.readouterr().err
+        assert main(["dead", "--config", cfg]) == 0
+        assert "1 dead outbox rows" in capsys.readouterr().out
+    finally:
+        engine.dispose()

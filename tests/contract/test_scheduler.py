@@ -41,7 +41,7 @@ def test_jobs_are_added_only_when_missing(harness):
     s._add_jobs()
     s._add_jobs()
     assert sorted(j.id for j in s.aps.get_jobs()) == [
-        "broadcast_follow_up", "close_due_chains", "qr_check", "refresh_group_qr_media", "reload_calendar",
+        "broadcast_follow_up", "close_due_chains", "digest", "qr_check", "refresh_group_qr_media", "reload_calendar",
         "retention", "slot:10:00", "slot:12:00", "slot:16:00", "slot:20:00"]
     slot = s.aps.get_job("slot:12:00")
     assert str(slot.trigger.timezone) == "Asia/Shanghai" and slot.misfire_grace_time == 600

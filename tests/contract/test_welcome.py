@@ -20,9 +20,11 @@ def test_welcome_is_sent_inside_the_window_with_the_group_qr(synced):
     assert sent["latency"] < 20
     assert "深圳科技园店" in sent["text"]
     assert "科技园店新客专享" in sent["text"]          # content_calendar/stores/SZ001.yaml override
-    (img,) = sent["attachments"]
+    img, page = sent["attachments"]                 # the group QR, then the group-QR page of this add
     media = h.backend.media[img["image"]["media_id"]]
     assert media["type"] == "image" and media["filename"] == "SZ001-group-qr.png"
+    assert page["msgtype"] == "link" and page["link"]["title"] == "点此进群（二维码打不开点这里）"
+    assert page["link"]["url"].startswith(f"{h.bot.url}/q/")
     w = only_welcome(h)
     assert (w.status, w.qr_attached, w.store_code) == ("sent", True, "SZ001")
     assert w.latency_ms is not None and w.latency_ms < 20_000
@@ -115,7 +117,8 @@ def test_no_code_unknown_state_and_no_join_way_are_recorded_without_crash(synced
     assert ("SZ001", "skipped", "no_code") in by
     assert ("FLYER", "skipped", "unknown_state") in by
     assert ("SZ002", "sent", "no_join_way") in by
-    assert len(h.backend.welcomes) == 1 and h.backend.welcomes[0]["attachments"] == []
+    # no QR image; the page link still goes (the page says the QR is not available and takes a report)
+    assert len(h.backend.welcomes) == 1 and [a["msgtype"] for a in h.backend.welcomes[0]["attachments"]] == ["link"]
 
 
 def test_redelivered_add_sends_one_welcome(synced):
@@ -161,7 +164,7 @@ def test_a_missing_welcome_attachment_still_welcomes_inside_20s_with_text_and_qr
         (sent,) = h.backend.welcomes
         assert sent["latency"] < 20
         kinds = [a["msgtype"] for a in sent["attachments"]]
-        assert kinds == ["image", "file", "link"]          # the group QR, the file, the link; the lost one left out
+        assert kinds == ["image", "link", "file", "link"]   # the group QR, its page, the file, the link; the lost one left out
         w = only_welcome(h)
         assert (w.status, w.qr_attached, w.reason) == ("sent", True, "attachment_left_out")
     finally:

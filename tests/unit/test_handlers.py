@@ -23,8 +23,14 @@ from bot.messaging.inbox import EventDispatcher, StoredEvent, WiringError
 from bot.messaging.uow import UnitOfWork
 from bot.welcome.content import RenderedWelcome
 from bot.welcome.handlers import on_contact_added
+from bot.funnel.qr_page import QrPages
+from bot.links import LinkSigner
 
 AT = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
+
+
+QR_PAGES = QrPages("https://bot.example", LinkSigner(["k" * 32], FakeClock(datetime(2026, 11, 23, tzinfo=SHANGHAI))),
+                   FakeClock(datetime(2026, 11, 23, tzinfo=SHANGHAI)), 30)
 
 
 class FakeWelcomeContent:
@@ -61,15 +67,15 @@ def added(state="SZ001", code="W1") -> ev.ContactAdded:
 
 
 def test_an_add_through_a_store_qr_queues_one_welcome_inside_the_20_second_window(sessions, clock):
-    out, rows = run(sessions, clock, on_contact_added, added(), welcome_content=FakeWelcomeContent())
+    out, rows = run(sessions, clock, on_contact_added, added(), welcome_content=FakeWelcomeContent(), qr_pages=QR_PAGES)
     assert [r.kind for r in rows] == ["send_welcome_msg"]
     assert rows[0].key == "welcome:W1" and rows[0].deadline == AT + timedelta(seconds=20)
     assert rows[0].payload["text"] == "欢迎来到深圳科技园店" and out[0].store_code == "SZ001"
 
 
 def test_an_add_handled_twice_queues_nothing_more(sessions, clock):
-    run(sessions, clock, on_contact_added, added(), welcome_content=FakeWelcomeContent())
-    out, rows = run(sessions, clock, on_contact_added, added(), welcome_content=FakeWelcomeContent())
+    run(sessions, clock, on_contact_added, added(), welcome_content=FakeWelcomeContent(), qr_pages=QR_PAGES)
+    out, rows = run(sessions, clock, on_contact_added, added(), welcome_content=FakeWelcomeContent(), qr_pages=QR_PAGES)
     assert len(rows) == 1 and out[0].reason == "already_recorded"
 
 
@@ -79,7 +85,7 @@ def test_an_add_handled_twice_queues_nothing_more(sessions, clock):
     (added(state=None), "no_state"),
 ])
 def test_an_add_that_cannot_be_welcomed_is_recorded_with_why(sessions, clock, evt, reason):
-    out, rows = run(sessions, clock, on_contact_added, evt, welcome_content=FakeWelcomeContent())
+    out, rows = run(sessions, clock, on_contact_added, evt, welcome_content=FakeWelcomeContent(), qr_pages=QR_PAGES)
     assert rows == [] and out[0].reason == reason
     with sessions() as s:
         assert s.scalars(select(Welcome.reason)).one() == reason

@@ -202,19 +202,22 @@ def test_the_csv_link_works_for_csv_link_days(signer, clock):
     assert chains.check_csv("tok123", "zhangsan", sig) is Verdict.EXPIRED
 
 
-def test_the_group_qr_token_carries_its_store_code(signer, clock):
-    token = signer.sign_qr("SZ001", START + timedelta(days=30))
+def test_the_group_qr_token_carries_its_store_and_add(signer, clock):
+    token = signer.sign_qr("SZ001", "42", START + timedelta(days=30))
     assert token.isascii() and "/" not in token
-    assert signer.verify_qr(token) == (Verdict.OK, "SZ001")
-    assert signer.verify_qr(signer.sign_qr("深圳01", START + timedelta(days=30))) == (Verdict.OK, "深圳01")
-    other = signer.sign_qr("SZ002", START + timedelta(days=30))
+    assert signer.verify_qr(token) == (Verdict.OK, ("SZ001", "42"))
+    assert signer.verify_qr(signer.sign_qr("深圳01", "7", START + timedelta(days=30))) == (Verdict.OK, ("深圳01", "7"))
+    other = signer.sign_qr("SZ002", "42", START + timedelta(days=30))
     assert signer.verify_qr(other.split(".")[0] + token[token.index("."):]) == (Verdict.BAD, None)  # store swapped
-    for bad in ("", ".", "签名", token.split(".", 1)[1], "U1o.1.x", "%%%." + token.split(".", 1)[1], None):
+    another_add = signer.sign_qr("SZ001", "43", START + timedelta(days=30))
+    assert signer.verify_qr(another_add.split(".")[0] + token[token.index("."):]) == (Verdict.BAD, None)
+    for bad in ("", ".", "签名", token.split(".", 1)[1], "U1o.1.x", "%%%." + token.split(".", 1)[1], None,
+                "WyJTWjAwMSJd." + token.split(".", 1)[1]):     # ["SZ001"]: no add
         assert signer.verify_qr(bad) == (Verdict.BAD, None)
-    assert signer.verify(QR, "SZ001", token.split(".", 1)[1]) is Verdict.OK
-    assert signer.verify(SIDEBAR_CHAIN, "SZ001", token.split(".", 1)[1]) is Verdict.BAD
+    assert signer.verify(QR, ["SZ001", "42"], token.split(".", 1)[1]) is Verdict.OK
+    assert signer.verify(SIDEBAR_CHAIN, ["SZ001", "42"], token.split(".", 1)[1]) is Verdict.BAD
     clock.advance(days=30)
-    assert signer.verify_qr(token) == (Verdict.EXPIRED, "SZ001")
+    assert signer.verify_qr(token) == (Verdict.EXPIRED, ("SZ001", "42"))
 
 
 def test_refusal_pages_are_chinese_and_say_where_to_go():

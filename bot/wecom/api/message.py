@@ -1,8 +1,12 @@
 from wechatpy.client.api.base import BaseWeChatAPI
 
-# WeCom's duplicate check drops a repeat of the same content to the same member inside the interval
-# (default 1,800 s, at most 4 h). Kept for crash repeats of one outbox row.
+# Doc 90236: 「表示在一定时间间隔内，同样内容（请求json）的消息，不会重复收到；时间间隔可通过
+# duplicate_check_interval指定，默认1800秒」, 「最大不超过4小时」. What WeCom answers for a dropped duplicate
+# is not documented (UNCONFIRMED; the sandbox answers errcode 0 and delivers nothing).
 DUPLICATE_CHECK_SECONDS = 1800
+# Doc 90236: 「每应用对同一个成员不可超过30次/分钟，1000次/小时，超过部分会被丢弃不下发」 (no errcode).
+PER_MEMBER_MINUTE = 30
+PER_MEMBER_HOUR = 1000
 
 
 class AppMessageAPI(BaseWeChatAPI):

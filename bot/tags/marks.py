@@ -1,0 +1,68 @@
+"""Which customer gets which tag, queued as outbox rows in the same transaction as the funnel fact.
+
+One row per (fact, tag): the key is derived from the fact (`mark_tag:add:{event_id}:store:{code}`,
+`mark_tag:{join fact key}:joined`), so a redelivered callback or a second read of the group marks
+nothing again; a customer who adds the clerk again (a new fact) is marked again, which WeCom
+treats as a no-op when the tag is still there."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from bot.config import TagSettings
+from bot.db.models import FunnelFact, Outbox, Store
+from bot.funnel.facts import last_add
+from bot.messaging.outbox import insert_ignore
+from bot.wecom.api.tags import MAX_NAME
+
+log = logging.getLogger(__name__)
+
+KIND = "mark_tag"
+
+
+def store_tag_name(store: Store) -> str:
+    """The store's tag: its name, cut to WeCom's 30 characters (doc 92117)."""
+    if len(store.name) > MAX_NAME:
+        log.warning("store %s: name over %d characters, its tag is %r", store.code, MAX_NAME, store.name[:MAX_NAME])
+    return store.name[:MAX_NAME]
+
+
+def queue_mark(s: Session, now: datetime, *, key: str, userid: str, external_userid: str, group: str, tag: str,
+               store_code: str | None) -> bool:
+    """Queue one mark_tag; False when this fact's mark was queued already."""
+    return insert_ignore(s, Outbox, dict(
+        key=key, kind=KIND, status="pending", created_at=now, deadline=None, next_attempt_at=now, attempts=0,
+        priority=1, payload={"userid": userid, "external_userid": external_userid, "group": group[:MAX_NAME],
+                             "tag": tag[:MAX_NAME], "store_code": store_code}))
+
+
+def mark_added(s: Session, now: datetime, tags: TagSettings, *, store: Store, userid: str, external_userid: str,
+               event_id: int) -> bool:
+    """A customer added `userid` through the store's QR: the store's tag on that relation."""
+    if not tags.enabled:
+        return False
+    return queue_mark(s, now, key=f"{KIND}:add:{event_id}:store:{store.code}", userid=userid,
+                      external_userid=external_userid, group=tags.store_group, tag=store_tag_name(store),
+                      store_code=store.code)
+
+
+def mark_joined(s: Session, now: datetime, tags: TagSettings, joins: list[FunnelFact]) -> int:
+    """Customers joined a store's group: 已进群 on their relation with the clerk they added there (else
+    with the clerk they added last). A member who added no clerk has no relation to tag: mark_tag needs
+    「external_userid是userid的外部联系人」 (doc 92118)."""
+    if not tags.enabled:
+        return 0
+    queued = 0
+    for fact in joins:
+        if not fact.store_code:
+            continue
+        add = last_add(s, fact.external_userid, store_code=fact.store_code) or last_add(s, fact.external_userid)
+        if add is None or not add.userid:
+            continue
+        queued += queue_mark(s, now, key=f"{KIND}:{fact.key}:joined", userid=add.userid,
+                             external_userid=fact.external_userid, group=tags.joined_group, tag=tags.joined_tag,
+                             store_code=fact.store_code)
+    return queued
