@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bot.admin.routes import admin_router
 from bot.bootstrap import Container
 from bot.broadcast.sidebar import sidebar_router
 from bot.chains.routes import chain_router
@@ -64,6 +65,13 @@ def create_app(c: Container) -> FastAPI:
     app.include_router(chain_router(c))
     app.include_router(sidebar_router(c))
     app.include_router(qr_router(c))
+    app.include_router(admin_router(c))      # the ops console: WeCom login, dashboard (bot/admin)
+
+    @app.get("/livez")
+    def livez():
+        # Liveness only (the process answers): a probe that restarts pods must not depend on the
+        # database, or an outage restarts every web node. Also the benchmarks' reference endpoint.
+        return {"status": "alive"}
 
     @app.get("/healthz")
     def healthz(verbose: bool = False):

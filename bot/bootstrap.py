@@ -32,6 +32,7 @@ from bot.messaging import app_messages
 from bot.messaging.inbox import EventDispatcher, EventRecorder, wanted_args
 from bot.messaging.outbox import Executor, Outbox, Outcome, OutboxWorker
 from bot.funnel.qr_page import QrPages
+from bot.messaging.app_messages import AppMessages
 from bot.messaging.heartbeat import Heartbeat, LeaseBook
 from bot.messaging.worker import Doorbell, WorkerPool, worker_id
 from bot.metrics import Metrics
@@ -46,6 +47,7 @@ from bot.tags import handlers as tag_handlers
 from bot.welcome import executors as welcome_executors
 from bot.welcome import handlers as welcome_handlers
 from bot.welcome.content import WelcomeContent
+from bot.wecom.pacer import SqlPacer
 from bot.wecom.callback import CallbackVerifier
 from bot.wecom.client import WeComClient
 from bot.wecom.token_store import SqlTokenStore, TokenStore
@@ -94,11 +96,16 @@ class Container:
         self.sessions = sessions = make_session_factory(self.engine)
         self.metrics = Metrics(sessions, clock)   # reads backlog and heartbeats on scrape
         w = st.wecom
+        pacer = None
+        if self.engine.dialect.name == "postgresql":   # several processes, maybe several hosts: one count
+            pacer = SqlPacer(self.engine, clock, w.calls_per_minute, w.calls_per_hour, corp_id=w.corp_id,
+                             expected_processes=w.expected_processes)
         self.client = WeComClient(w.corp_id, w.secret.get_secret_value(), agent_id=w.agent_id,
                                   api_base_url=w.api_base_url,
                                   token_store=token_store or SqlTokenStore(sessions, clock), clock=clock,
                                   timeout=w.timeout_seconds, max_attempts=w.max_attempts,
-                                  on_call=self.metrics.on_wecom_call, calls_per_minute=w.calls_per_minute)
+                                  on_call=self.metrics.on_wecom_call, calls_per_minute=w.calls_per_minute, calls_per_hour=w.calls_per_hour,
+                                  pacer=pacer)
         self.verifier = CallbackVerifier(token=w.token.get_secret_value(),
                                          encoding_aes_key=w.encoding_aes_key.get_secret_value(), corp_id=w.corp_id,
                                          clock=clock, max_skew_seconds=st.callback.max_clock_skew_seconds,
@@ -134,6 +141,7 @@ class Container:
                              "sidebar_links": self.sidebar_links}}
         self.executors = build_executors(EXECUTOR_MAPS, {
             "sessions": sessions, "media": self.media, "welcome_content": self.content,
+            "app_messages": AppMessages(sessions),
             "calendar": self.calendar, "qr_health": self.qr_health, "settings": st, "roster": self.roster,
             "clock": clock})
         # every handler's and command's arguments resolved now: a misnamed one fails at start-up

@@ -47,7 +47,11 @@ class WeComSettings(_Strict):
     api_base_url: str = "https://qyapi.weixin.qq.com/cgi-bin/"
     timeout_seconds: float = 5.0
     max_attempts: int = 4
-    calls_per_minute: int = 10_000   # per API, per corp (45009 past it): the client paces itself under it
+    calls_per_minute: int = 10_000   # per API, per corp (45009 past it): all processes together stay under it
+    calls_per_hour: int = 150_000    # per API, per corp, each clock hour (45009 past it, blocked to the hour's end)
+    # processes that call WeCom (workers, scheduler): if PostgreSQL cannot be reached for the shared
+    # count, each paces itself at the limits divided by this
+    expected_processes: int = 4
 
     @field_validator("encoding_aes_key")
     @classmethod
@@ -138,6 +142,14 @@ class PageSettings(_Strict):
     qr_link_days: int = 30                       # the group-QR page link in a welcome (/q/{token})
 
 
+class AdminSettings(_Strict):
+    """The ops console (/admin, bot.admin): WeCom login and its signed session cookie. The two base URLs
+    are WeCom's (doc 91022 网页授权登录, doc 91025 企业微信Web登录); the sandbox stands in for them."""
+    session_hours: float = Field(default=12, gt=0)
+    oauth_authorize_url: str = "https://open.weixin.qq.com/connect/oauth2/authorize"
+    web_login_url: str = "https://login.work.weixin.qq.com/wwlogin/sso/login"
+
+
 class Store(_Strict):
     code: str = Field(min_length=1, max_length=30)  # the `state` on both QR codes: ≤ 30 chars
     name: str
@@ -166,6 +178,7 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=90, ge=7)  # events, outbox rows, deliveries, members' order details
     ops_userids: list[str] = []         # WeCom members told what only ops can fix (bot.staff.ops)
     digest: DigestSettings = DigestSettings()
+    admin: AdminSettings = AdminSettings()   # the ops console's login and session (bot.admin)
     tags: TagSettings = TagSettings()   # corp tag group of the store tags, and the 已进群 tag
     stores: list[Store] = []
     stores_file: str | None = None

@@ -5,7 +5,7 @@
 Starts `wecom-bot sandbox` and `wecom-bot serve` as separate processes on loopback (the bot
 with its workers, so the work behind the acknowledgement runs too), then:
 1. wrk (Debian package `wrk`) POSTs distinct, validly signed and encrypted callbacks for
-   --seconds; the same run measures GET /healthz as a reference, so the figure is a ratio too;
+   --seconds; the same run measures GET /livez (no database) as a reference, so the figure is a ratio too;
 2. `wecom-bot sync`, then a burst of 200 customers adding clerks (the sandbox's driver plays them,
    16 at once); welcome latency = add event issued → send_welcome_msg accepted at the sandbox.
 Prints figures; measures, asserts nothing.
@@ -59,9 +59,9 @@ def bench(db: str, seconds: int, connections: int) -> None:
         t0 = time.perf_counter()
         seal_requests(svc.corp, requests_file, n)
         print(f"[{db}] sealed {n} distinct callbacks in {time.perf_counter() - t0:.1f}s")
-        ref = run_wrk(f"{svc.bot}/healthz", seconds, connections)
+        ref = run_wrk(f"{svc.bot}/livez", seconds, connections)
         cb = run_wrk(svc.bot, seconds, connections, ROOT / "scripts" / "wrk_callbacks.lua", [str(requests_file), "2"])
-        print(f"[{db}] GET /healthz (reference): {ref['rps']:8.0f} req/s  p50 {ref['p50']:.1f} ms  p99 {ref['p99']:.1f} ms")
+        print(f"[{db}] GET /livez (reference): {ref['rps']:8.0f} req/s  p50 {ref['p50']:.1f} ms  p99 {ref['p99']:.1f} ms")
         print(f"[{db}] POST /wecom/callback:     {cb['rps']:8.0f} req/s  p50 {cb['p50']:.1f} ms  p99 {cb['p99']:.1f} ms"
               f"  non-2xx {cb['non2xx']}  (ratio to reference {cb['rps'] / ref['rps']:.2f}; "
               f"{'all distinct' if not cb['wrapped'] else 'some redelivered'})")

@@ -4,7 +4,7 @@
 
 Starts `wecom-bot sandbox` and `wecom-bot serve` (separate processes, loopback), syncs, opens a
 chain of --stock portions, then wrk (Debian package `wrk`) POSTs --orders distinct sign-ups to
-/c/{token}/orders over --connections connections; GET /healthz is measured in the same run as the
+/c/{token}/orders over --connections connections; GET /livez (no database) is measured in the same run as the
 reference, and the chain page is read for 2 s first (a warm server: members open the page before
 the race). Reports orders accepted (must equal the stock: checked in the database too),
 throughput and latency p50/p99. Prints figures; asserts nothing.
@@ -40,7 +40,7 @@ def bench(db: str, orders: int, stock: int, connections: int) -> None:
     with sandbox_and_bot(db) as svc:
         svc.cli("sync")
         token = open_chain(svc.config, stock)
-        ref = run_wrk(f"{svc.bot}/healthz", 5, connections)
+        ref = run_wrk(f"{svc.bot}/livez", 5, connections)
         # a server that has been up: pools and threads warm (members open the page before the race)
         run_wrk(f"{svc.bot}/c/{token}", 2, connections)
         res = run_wrk(svc.bot, 60, connections, ROOT / "scripts" / "wrk_orders.lua",
@@ -54,7 +54,7 @@ def bench(db: str, orders: int, stock: int, connections: int) -> None:
                                      "WHERE status = 'active'")).one()
             left = conn.execute(text("SELECT stock_left FROM chain")).scalar()
         engine.dispose()
-        print(f"[{db}] GET /healthz (reference): {ref['rps']:7.0f} req/s  p50 {ref['p50']:.1f} ms  p99 {ref['p99']:.1f} ms")
+        print(f"[{db}] GET /livez (reference): {ref['rps']:7.0f} req/s  p50 {ref['p50']:.1f} ms  p99 {ref['p99']:.1f} ms")
         print(f"[{db}] {orders} sign-ups for {stock} portions over {connections} connections: "
               f"{answered / span:.0f} orders/s ({answered} answered in {span:.2f}s), p50 {res['p50']:.1f} ms, "
               f"p99 {res['p99']:.1f} ms")

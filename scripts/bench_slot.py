@@ -35,6 +35,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from benchlib import free_port, fresh_database, wait_http  # noqa: E402
 from bot.sandbox.seed import new_corp  # noqa: E402
+from bot.wecom.pacer import UNPACED  # noqa: E402
 
 STORES, GROUPS = 4800, 25000
 
@@ -106,8 +107,10 @@ def main() -> None:
             "calendar_dir": os.path.join(ROOT, "content_calendar"),
             "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret, "token": corp.token,
                       "encoding_aes_key": corp.encoding_aes_key, "api_base_url": f"{base}/cgi-bin/",
-                      # each process paces itself: the limit is split between them, as an operator must
-                      "calls_per_minute": args.limit // (args.worker_processes + 1)},
+                      # on PostgreSQL every process counts in one shared limit (SqlPacer); on SQLite each
+                      # process paces itself, so the limit is split between them
+                      "calls_per_minute": args.limit if args.db == "postgresql"
+                      else args.limit // (args.worker_processes + 1)},
             "worker": {"threads": args.threads}, "stores": stores}
         settings = Settings.model_validate(raw)
         c = bootstrap(settings, clock=SystemClock(settings.tz), migrate=True)
@@ -164,6 +167,11 @@ def main() -> None:
                   + (f"{wall / b:.2f}×" if b else "n/a (every API under one window's limit)")
                   + (f"; at the limit's even rate {even:.1f}s → {wall / even:.2f}×" if even > 1 else "")
                   + f"; client waited {c.client.pacer.waited:.1f}s for room")
+            paced = {k: v for k, v in calls.items() if k not in UNPACED}   # message/send: per-member limits
+            busiest = max(paced, key=paced.get, default=None)
+            if busiest and wall > 0:
+                print(f"  busiest API {busiest}: {calls[busiest]} calls in {wall:.1f}s by all processes = "
+                      f"{calls[busiest] / wall * 60:.0f}/min against a limit of {args.limit}/min")
             print(f"  outbox outcomes {outcome}; sandbox errors so far {errors or 'none'}")
             if slot == "12:00":
                 print("  (owner reminders are spread over 5-55 s after firing by design: WeCom asks to avoid :00)")

@@ -34,12 +34,29 @@ def find_created(client: WeComClient, row: Outbox, taken: frozenset[str] = froze
         res = client.groupmsg.get_groupmsg_list_v2(chat_type=p.get("chat_type", "group"), start_time=start, end_time=end,
                                                    creator=p["sender"], filter_type=0, cursor=cursor)
         for m in res.get("group_msg_list", []):
-            if (m.get("text") or {}).get("content") == p["text"] and m["msgid"] not in taken:
+            if (m.get("text") or {}).get("content") == p["text"] and m["msgid"] not in taken \
+                    and _same_targets(client, m["msgid"], p):
                 log.info("mass message %s was created before its answer was lost (%s): adopted", row.key, m["msgid"])
                 return {"msgid": m["msgid"], "fail_list": [], "adopted": True}
         cursor = res.get("next_cursor")
         if not cursor:
             return None
+
+
+def _same_targets(client: WeComClient, msgid: str, p: dict) -> bool:
+    """A group mass message's targets (get_groupmsg_send_result lists each with its status, sent or
+    not) are among the row's groups: a clerk of two stores has one text in two tasks, told apart
+    by their groups. A single-chat message (the recovery) is told apart by sender and text alone."""
+    if not p.get("chat_ids"):
+        return True
+    chats, cursor = set(), None
+    while True:
+        res = client.groupmsg.get_groupmsg_send_result(msgid, p["sender"], cursor=cursor)
+        chats |= {r["chat_id"] for r in res.get("send_list", []) if r.get("chat_id")}
+        cursor = res.get("next_cursor")
+        if not cursor:
+            break
+    return bool(chats) and chats <= set(p["chat_ids"])
 
 
 # Nothing of these tables is loaded in a settle's session: the ORM need not evaluate each UPDATE
@@ -86,6 +103,14 @@ def mass_executor(media: MediaLibrary, calendar: ContentCalendar, sessions: sess
                 s.execute(update(SlotDelivery).where(SlotDelivery.msgid == msgid, SlotDelivery.chat_id.in_(failed))
                           .values(status="failed", reason="企业微信不能向这个群群发（fail_list）"))
             return
+        if outcome.errcode == errcodes.UNKNOWN_OUTCOME:
+            # WeCom may hold the task and could not be asked: a reminder too could send the slot twice.
+            # The clerk sees the task in 群发助手 if it exists; the row says so (`wecom-bot dead`).
+            s.execute(update(BroadcastTask).where(*task).values(status="unknown", finished_at=now)
+                      .execution_options(**UNSYNCED))
+            s.execute(update(SlotDelivery).where(*where).values(
+                status="failed", reason="群发是否已创建不确定（应答丢失），未改为提醒，请在企业微信群发助手核对"))
+            return
         # The mass message could not be created: the slot still reaches the groups, by reminder.
         reason = f"群发创建失败（{outcome.errcode or outcome.status}），已改为提醒群主"
         s.execute(update(BroadcastTask).where(*task).values(status="failed", finished_at=now)
@@ -117,9 +142,9 @@ class _Fixed:
         return self._now
 
 
-def reminder_executor(sessions: sessionmaker[Session]) -> Executor:
+def reminder_executor(app_messages: AppMessages) -> Executor:
     """One textcard per clerk and slot (an app message); the reminder groups move to `reminded`."""
-    messages = AppMessages(sessions)
+    messages = app_messages   # the same one app_message rows use: they see each other's in-flight sends
 
     def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
         messages.record(s, row, outcome, now)

@@ -32,9 +32,12 @@ class SlotFigures:
         return self.mass_sent + self.tapped
 
 
-def slot_figures(s: Session, day: date) -> list[SlotFigures]:
+def slot_figures(s: Session, day: date, store_codes: list[str] | None = None) -> list[SlotFigures]:
     out: dict[str, SlotFigures] = {}
-    for r in s.scalars(select(SlotDelivery).where(SlotDelivery.day == day.isoformat())):
+    q = select(SlotDelivery).where(SlotDelivery.day == day.isoformat())
+    if store_codes is not None:   # a clerk's stores on /admin
+        q = q.where(SlotDelivery.store_code.in_(store_codes))
+    for r in s.scalars(q):
         f = out.setdefault(r.slot, SlotFigures(r.slot))
         f.groups += 1
         if r.status == "planned":

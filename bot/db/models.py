@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from bot.db.types import UTCDateTime
@@ -142,6 +142,19 @@ class WeComToken(SQLModel, table=True):
     expires_at: datetime | None = _at()
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_until: datetime | None = _at()
+
+
+class WeComRate(SQLModel, table=True):
+    """Calls made to one WeCom API in one window (the clock minute or hour), counted by every process:
+    the shared rate limit (bot/wecom/pacer.py SqlPacer). Rows two hours past are purged as it goes."""
+
+    __tablename__ = "wecom_rate"
+
+    corp_id: str = Field(primary_key=True, max_length=64)
+    endpoint: str = Field(primary_key=True, max_length=120)
+    window_seconds: int = Field(primary_key=True)      # 60 | 3600
+    window_start: int = Field(primary_key=True, sa_type=BigInteger)   # epoch seconds
+    calls: int = 0
 
 
 class FunnelFact(SQLModel, table=True):

@@ -9,9 +9,13 @@ another worker took is no longer ours), and the client checks that lease before 
 (WeComClient.holding_lease). A process that stalls or loses its database stops renewing and stops
 calling before its leases run out.
 
-The beat also records the process in `worker_process`. At start a process takes back at once the
-claims of processes on its own host whose pid is gone (its own previous run after a kill -9):
-nothing of theirs can be in flight. /healthz reads the beats.
+The beat also records the process in `worker_process`. Each beat takes back at once the claims of a
+process that is certainly gone: on this very host (the full hostname), its pid not running here, and
+its heartbeat silent for STALE_BEATS beats — a previous run of this process after a kill -9. The
+silence is what keeps a live process safe whose hostname and pid only look like a dead one's (pods
+of one ReplicaSet are all pid 1; two VMs may share a default hostname): a live process beats. Every
+other dead process's rows come back when their leases run out, which is short for a welcome.
+/healthz reads the beats.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ BEAT_SECONDS = 2.0
 # A row with a deadline (a welcome) is leased at most this far ahead, and never past its deadline.
 SHORT_LEASE_SECONDS = 12.0
 FORGET_AFTER = timedelta(days=1)   # worker_process rows of processes gone this long are deleted
+STALE_BEATS = 3                    # beats missed before a same-host process whose pid is gone is taken back
 
 _process: tuple[int, str] | None = None
+HOST = socket.gethostname()[:64]
 
 
 def process_id() -> str:
@@ -44,6 +50,7 @@ def process_id() -> str:
     every claimed_by it writes. Computed again after a fork."""
     global _process
     if _process is None or _process[0] != os.getpid():
+        # short enough for claimed_by (64) with a thread name; the full hostname is in worker_process.host
         _process = (os.getpid(), f"{socket.gethostname()[:24]}:{os.getpid()}:{secrets.token_hex(3)}")
     return _process[1]
 
@@ -121,18 +128,13 @@ class Heartbeat:
         self.lease_seconds = lease_seconds
         self.beat_seconds = beat_seconds
         self.id = process_id()
+        self.started_at = clock.now()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- start and stop ---------------------------------------------------------------------
     def start(self) -> None:
-        now = self.clock.now()
-        host, pid = self.id.split(":")[0], os.getpid()
-        with self.sessions.begin() as s:
-            s.merge(WorkerProcess(id=self.id, host=host, pid=pid, role=self.role, started_at=now, beat_at=now))
-        taken = self.take_back_dead_on_this_host()
-        if taken:
-            log.warning("took back %d rows claimed by processes of this host that are gone", taken)
+        self.beat()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
         self._thread.start()
 
@@ -157,7 +159,9 @@ class Heartbeat:
     def beat(self) -> None:
         now = self.clock.now()
         with self.sessions.begin() as s:
-            s.execute(update(WorkerProcess).where(WorkerProcess.id == self.id).values(beat_at=now))
+            # merge, not update: a row deleted meanwhile (aged out, an operator) comes back
+            s.merge(WorkerProcess(id=self.id, host=HOST, pid=os.getpid(), role=self.role,
+                                  started_at=self.started_at, beat_at=now))
             for model in self.MODELS:
                 for owner, ids in self.book.owners(model).items():
                     renewed = dict(s.execute(
@@ -168,19 +172,20 @@ class Heartbeat:
                     if lost:
                         log.warning("%s: lease of %s rows %s lost to another worker", owner, model.__tablename__, lost)
             s.execute(delete(WorkerProcess).where(WorkerProcess.beat_at < now - FORGET_AFTER))
+        taken = self.take_back_dead_on_this_host(now)
+        if taken:
+            log.warning("took back %d rows claimed by a process of this host that is gone", taken)
 
-    def take_back_dead_on_this_host(self) -> int:
-        """Rows claimed by processes of this host whose pid no longer runs: due again now, and an
-        outbox row among them is uncertain (its call may have reached WeCom)."""
-        host = self.id.split(":")[0]
-        now = self.clock.now()
+    def take_back_dead_on_this_host(self, now: datetime) -> int:
+        """Rows claimed by processes of this host that are certainly gone (pid not running here and
+        silent for STALE_BEATS beats): due again now, and an outbox row among them is uncertain (its
+        call may have reached WeCom)."""
+        silent = now - timedelta(seconds=STALE_BEATS * self.beat_seconds)
         with self.sessions() as s:
-            procs = s.execute(select(WorkerProcess.id, WorkerProcess.pid).where(WorkerProcess.host == host,
-                                                                                 WorkerProcess.id != self.id)).all()
-        dead = [pid_ for pid_, pid in procs if not _running(pid) or pid == os.getpid()]
-        if not dead:
-            return 0
-        return take_back(self.sessions, now, dead)
+            procs = s.execute(select(WorkerProcess.id, WorkerProcess.pid).where(
+                WorkerProcess.host == HOST, WorkerProcess.id != self.id, WorkerProcess.beat_at < silent)).all()
+        dead = [proc for proc, pid in procs if not _running(pid)]
+        return take_back(self.sessions, now, dead) if dead else 0
 
 
 def take_back(sessions: sessionmaker[Session], now: datetime, process_ids: list[str]) -> int:

@@ -83,6 +83,7 @@ class Outcome:
     error: str | None = None
     result: dict = field(default_factory=dict)
     retry_in: float = 1.0
+    maybe_done: bool = False          # an attempt's answer was lost: the row becomes uncertain
 
 
 @dataclass
@@ -110,8 +111,8 @@ class Executor:
 def default_decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
     if err.errcode == errcodes.PACED:
         return Outcome("retry", err.errcode, err.errmsg, retry_in=err.retry_after or 1.0)
-    if err.errcode == errcodes.LEASE_LOST:
-        return Outcome("retry", err.errcode, err.errmsg, retry_in=0)
+    if err.errcode == errcodes.LEASE_LOST:   # a second, not at once: a heartbeat that cannot renew must not spin us
+        return Outcome("retry", err.errcode, err.errmsg, retry_in=1.0)
     if err.errcode == errcodes.UNKNOWN_OUTCOME:
         return Outcome("unknown", err.errcode, err.errmsg, retry_in=min(300.0, 5.0 * 2 ** row.attempts))
     if err.errcode in errcodes.RETRYABLE:
@@ -144,13 +145,13 @@ class OutboxWorker(ClaimLoop):
         now = self.clock.now()
         if ex is None:
             outcome = Outcome("dead", error=f"no executor for kind {row.kind!r}")
-        elif row.deadline and now > row.deadline:
-            outcome = Outcome("expired", error="deadline passed before sending")
-        elif row.attempts > MAX_ATTEMPTS:
-            outcome = Outcome("dead", errcode=row.last_errcode or 0, error="too many attempts")
+        elif (row.deadline and now > row.deadline) or row.attempts > MAX_ATTEMPTS:
+            # Too late to send. An uncertain row is asked about first: what WeCom did is recorded as
+            # done, and only what it has no trace of counts as expired or dead.
+            outcome = self._last_word(ex, row, now)
         else:
             try:
-                with self.client.holding_lease(lambda need: self.lease_left(row) >= need):
+                with self.client.holding_lease(lambda need: self._covered(row, need)):
                     found = ex.reconcile(self.client, row) if row.uncertain and ex.reconcile else None
                     if found is not None:
                         log.info("outbox %s %s: WeCom already has it, not sent again", row.kind, row.key)
@@ -159,10 +160,39 @@ class OutboxWorker(ClaimLoop):
                         outcome = Outcome("done", result=ex.send(self.client, row) or {})
             except WeComError as err:
                 outcome = (ex.decide or default_decide)(err, row, self.clock.now())
+                outcome.maybe_done = outcome.maybe_done or err.maybe_done
             except Exception as err:  # a bug in an executor: keep the row, say why, do not spin
                 log.exception("outbox %s %s: executor failed", row.kind, row.key)
                 outcome = Outcome("retry", errcodes.BAD_RESPONSE, f"{type(err).__name__}: {err}", retry_in=60)
         return ex, outcome
+
+    def _last_word(self, ex: Executor, row: Outbox, now: datetime) -> Outcome:
+        late = bool(row.deadline and now > row.deadline)
+        gone = (Outcome("expired", error="deadline passed before sending") if late
+                else Outcome("dead", errcode=row.last_errcode or 0, error="too many attempts"))
+        if not (row.uncertain and ex.reconcile):
+            return gone
+        try:
+            with self.client.holding_lease():   # a read: two workers asking at once do no harm
+                found = ex.reconcile(self.client, row)
+        except WeComError as err:
+            return Outcome("dead", errcodes.UNKNOWN_OUTCOME,
+                           f"outcome unknown: WeCom could not be asked ({err.errcode} {err.errmsg})")
+        if found is not None:
+            log.info("outbox %s %s: WeCom has it (found at the last word)", row.kind, row.key)
+            return Outcome("done", result=found)
+        gone.error = f"{gone.error}; WeCom has no trace of it"
+        return gone
+
+    def _covered(self, row: Outbox, need: float) -> bool:
+        """May an attempt of `need` seconds start? When the lease covers it; or, for a row with a
+        deadline, when the lease runs to the deadline: nobody may call for it after that, so an
+        attempt that outlasts the lease cannot meet another worker's (a welcome claimed with 5 s of
+        its 20 left still gets its try)."""
+        left = self.lease_left(row)
+        if row.deadline is not None:
+            need = min(need, (row.deadline - self.clock.now()).total_seconds())
+        return left > 0 and left >= need - 0.01
 
     def _settle(self, ran: list[tuple[Outbox, Executor | None, Outcome]]) -> None:
         if not ran:
@@ -194,9 +224,15 @@ class OutboxWorker(ClaimLoop):
         if outcome.status in ("retry", "unknown"):
             at = now + timedelta(seconds=outcome.retry_in)
             if row.deadline and at > row.deadline:
-                outcome.status, outcome.error = "expired", outcome.error or "deadline passed while retrying"
+                if outcome.status == "unknown" or row.uncertain:
+                    # not expired unasked: its last attempt, at the deadline, asks WeCom (_last_word)
+                    outcome.retry_in = max(0.0, (row.deadline - now).total_seconds()) + 1.0
+                else:
+                    outcome.status, outcome.error = "expired", outcome.error or "deadline passed while retrying"
         values: dict[str, Any] = dict(last_errcode=outcome.errcode or None, last_error=outcome.error,
                                       claimed_by=None, lease_until=None)
+        if outcome.maybe_done:
+            values["uncertain"] = True
         if outcome.status in ("retry", "unknown"):
             values.update(status="pending" if outcome.status == "retry" else "unknown",
                           next_attempt_at=now + timedelta(seconds=outcome.retry_in))

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.clock import Clock
 from bot.config import Store as StoreConfig
 from bot.db.engine import reads_of
-from bot.db.models import GroupChat, QrFinding, SlotDelivery, Store
+from bot.db.models import GroupChat, Outbox, QrFinding, SlotDelivery, Store
 from bot.funnel.facts import apply_member_list
 from bot.media import MediaLibrary
 from bot.provisioning.groups import StoreIndex, record_group, tell_ops_unassigned, unassigned
@@ -188,8 +188,15 @@ class Provisioner:
             row.contact_way_config_id = row.contact_way_qr_code = None
             row.join_way_config_id = row.join_way_qr_code = None
             row.join_way_chat_ids = []
-            s.execute(update(SlotDelivery).where(SlotDelivery.store_code == st.code, SlotDelivery.status == "planned")
+            s.execute(update(SlotDelivery).where(SlotDelivery.store_code == st.code,
+                                                 SlotDelivery.status.in_(("planned", "queued")))
                       .values(status="skipped", reason="门店已关闭"))
+            # the store's mass messages queued and not yet sent go nowhere now (an uncertain one may be
+            # at WeCom already: it is left to its reconcile)
+            s.execute(update(Outbox).where(Outbox.kind == "add_msg_template", Outbox.status == "pending",
+                                           Outbox.uncertain.is_(False), Outbox.key.like(f"gm:%:{st.code}"))
+                      .values(status="dead", last_error="store closed before sending", done_at=now)
+                      .execution_options(synchronize_session=False))
             s.execute(update(QrFinding).where(QrFinding.store_code == st.code, QrFinding.resolved_at.is_(None))
                       .values(resolved_at=now, open_key=None, repaired="门店已关闭"))
         log.info("store %s closed: its contact way and join way deleted at WeCom", st.code)

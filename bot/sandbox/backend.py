@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.clock import Clock
+from bot.sandbox.auth import AUTH_ENDPOINTS, AuthMixin
 from bot.sandbox.errors import SandboxError
 from bot.sandbox.rules import Rules
 from bot.sandbox.staff import STAFF_ENDPOINTS, StaffMixin
@@ -74,7 +75,7 @@ class Corp:
     encoding_aes_key: str
 
 
-class WeComBackend(StaffMixin, StatsMixin, TagsMixin):
+class WeComBackend(StaffMixin, StatsMixin, TagsMixin, AuthMixin):
     def __init__(self, corp: Corp, clock: Clock, rules: Rules | None = None, public_url: str = ""):
         self.corp = corp
         self.clock = clock
@@ -115,6 +116,7 @@ class WeComBackend(StaffMixin, StatsMixin, TagsMixin):
             self.reset_staff()
             self.reset_stats()
             self.reset_tags()
+            self.reset_auth()
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):06d}{secrets.token_hex(4)}"
@@ -831,4 +833,5 @@ ENDPOINTS = {
 ENDPOINTS.update(STAFF_ENDPOINTS)   # staff turnover: user/get, transfers (bot/sandbox/staff.py)
 ENDPOINTS.update(STATS_ENDPOINTS)   # group statistics: groupchat/statistic, by day (bot/sandbox/stats.py)
 ENDPOINTS.update(TAG_ENDPOINTS)     # corp customer tags and mark_tag (bot/sandbox/tags.py)
+ENDPOINTS.update(AUTH_ENDPOINTS)    # auth/getuserinfo: the ops console's login (bot/sandbox/auth.py)
 WeComBackend.WRITES = WeComBackend.WRITES | TAG_WRITES

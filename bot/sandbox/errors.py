@@ -7,6 +7,7 @@ ERRMSG = {
     40006: "invalid media size",
     40007: "invalid media_id",
     40014: "invalid access_token",
+    40029: "invalid code",
     40050: "chatid not found",
     40058: "invalid parameter",
     41001: "access_token missing",

@@ -47,6 +47,9 @@ class Harness:
                       "token": corp.token, "encoding_aes_key": corp.encoding_aes_key,
                       "api_base_url": f"{self.sandbox.url}/cgi-bin/", "timeout_seconds": 5},
             "stores": self.stores, "public_base_url": f"http://127.0.0.1:{self.bot_port}",
+            # the sandbox's login pages stand in for WeCom's (bot/sandbox/auth.py)
+            "admin": {"oauth_authorize_url": f"{self.sandbox.url}/connect/oauth2/authorize",
+                      "web_login_url": f"{self.sandbox.url}/wwlogin/sso/login"},
         }
         for key, value in self.overrides.items():
             raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value

@@ -11,6 +11,7 @@ import zlib
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from bot.sandbox.auth import auth_router
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.errors import SandboxError
 
@@ -44,6 +45,7 @@ def create_sandbox_app(backend: WeComBackend, driver=None) -> FastAPI:
     app = FastAPI(title="WeCom sandbox", docs_url=None, redoc_url=None)
     app.state.backend = backend
     app.state.driver = driver
+    app.include_router(auth_router(backend))   # WeCom login pages and their codes (bot/sandbox/auth.py)
 
     def wecom_json(payload: dict) -> Response:
         return Response(json.dumps(payload, ensure_ascii=False), media_type="application/json")

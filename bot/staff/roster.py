@@ -66,7 +66,8 @@ class Roster:
         """Take `userid` off every store that lists them and plan their handover; the ops lines."""
         lines: list[str] = []
         outbox = OutboxRepo(s, self.clock)
-        stores = [st for st in s.scalars(select(Store).order_by(Store.code)) if userid in (st.clerks or [])]
+        stores = [st for st in s.scalars(select(Store).where(Store.closed_at.is_(None)).order_by(Store.code))
+                  if userid in (st.clerks or [])]   # a pruned store has no customers or groups to hand over
         codes = [st.code for st in stores]
         for st in stores:
             QrHealth.lock(s, st.code)

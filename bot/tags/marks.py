@@ -8,7 +8,7 @@ treats as a no-op when the tag is still there."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,10 @@ from bot.wecom.api.tags import MAX_NAME
 log = logging.getLogger(__name__)
 
 KIND = "mark_tag"
+# Tags wait out the welcome's 20 s and come after every other row: a burst of adds must not make
+# its welcomes share the workers with its tags.
+DELAY = timedelta(seconds=30)
+PRIORITY = 2
 
 
 def store_tag_name(store: Store) -> str:
@@ -34,8 +38,8 @@ def queue_mark(s: Session, now: datetime, *, key: str, userid: str, external_use
                store_code: str | None) -> bool:
     """Queue one mark_tag; False when this fact's mark was queued already."""
     return insert_ignore(s, Outbox, dict(
-        key=key, kind=KIND, status="pending", created_at=now, deadline=None, next_attempt_at=now, attempts=0,
-        priority=1, payload={"userid": userid, "external_userid": external_userid, "group": group[:MAX_NAME],
+        key=key, kind=KIND, status="pending", created_at=now, deadline=None, next_attempt_at=now + DELAY, attempts=0,
+        priority=PRIORITY, payload={"userid": userid, "external_userid": external_userid, "group": group[:MAX_NAME],
                              "tag": tag[:MAX_NAME], "store_code": store_code}))
 
 

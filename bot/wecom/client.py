@@ -26,7 +26,8 @@ from bot.wecom import errcodes
 from bot.wecom.api import AppMessageAPI, ContactWayAPI, GroupChatAPI, GroupMsgAPI, JoinWayAPI, MediaAPI
 from bot.wecom.api import GroupTransferAPI, StaffAPI, TransferAPI
 from bot.wecom.api import TagAPI
-from bot.wecom.pacer import NoRoom, Pacer
+from bot.wecom.api import MemberAuthAPI
+from bot.wecom.pacer import NoRoom, Pacer, SqlPacer
 from bot.wecom.token_store import MemoryTokenStore, TokenStore
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,15 @@ log = logging.getLogger(__name__)
 class WeComError(Exception):
     """A WeCom call that failed for good: branch on `errcode` (bot.wecom.errcodes)."""
 
-    def __init__(self, errcode: int, errmsg: str, endpoint: str, retry_after: float | None = None):
+    def __init__(self, errcode: int, errmsg: str, endpoint: str, retry_after: float | None = None,
+                 maybe_done: bool = False):
         super().__init__(f"{endpoint}: {errcode} {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
         self.endpoint = endpoint
         self.retry_after = retry_after
+        # an attempt's answer was lost on the way (a resendable call that gave up): WeCom may have done it
+        self.maybe_done = maybe_done
 
 
 def _endpoint(url_or_endpoint: str) -> str:
@@ -93,11 +97,13 @@ class WeComClient(WeChatClient):
     transfer = TransferAPI()
     group_transfer = GroupTransferAPI()
     corp_tags = TagAPI()              # 企业客户标签 (store tags, issue 14)
+    member_auth = MemberAuthAPI()     # auth/getuserinfo: the ops console's WeCom login (issue 15)
 
     def __init__(self, corp_id: str, secret: str, *, agent_id: int, api_base_url: str,
                  token_store: TokenStore | None = None, clock: Clock | None = None,
                  timeout: float = 5.0, max_attempts: int = 4, backoff_base: float = 0.25,
-                 backoff_cap: float = 4.0, on_call: CallHook | None = None, calls_per_minute: int = 10_000):
+                 backoff_cap: float = 4.0, on_call: CallHook | None = None, calls_per_minute: int = 10_000,
+                 calls_per_hour: int = 0, pacer: Pacer | SqlPacer | None = None):
         super().__init__(corp_id, secret, timeout=timeout, auto_retry=False)
         self.API_BASE_URL = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
         self.agent_id = agent_id
@@ -107,7 +113,8 @@ class WeComClient(WeChatClient):
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.on_call = on_call
-        self.pacer = Pacer(self.clock, calls_per_minute)
+        # SqlPacer: one limit shared by every process (PostgreSQL); else this process paces itself
+        self.pacer = pacer or Pacer(self.clock, calls_per_minute, calls_per_hour)
         self.max_pace_wait = 5.0   # longer, and a call made under a lease is handed back (see holding_lease)
         self._leased = threading.local()
         # Connection pool sized for the worker threads that share this client.
@@ -169,6 +176,7 @@ class WeComClient(WeChatClient):
     def _request(self, method, url_or_endpoint, **kwargs):
         endpoint = _endpoint(url_or_endpoint)
         once = endpoint in WRITES_ONCE
+        lost = False   # some attempt may have reached WeCom and lost its answer
         refreshed = False
         last = (errcodes.RETRY_BUDGET_SPENT, "retry budget spent")
         attempt = 0
@@ -204,13 +212,17 @@ class WeComClient(WeChatClient):
                     raise WeComError(errcode, last[1], endpoint) from e
                 if errcode not in errcodes.RETRYABLE:
                     raise WeComError(errcode, last[1], endpoint) from e
-                if once and errcode not in errcodes.NOT_DONE:   # a 5xx: the gateway may have passed it on
-                    raise WeComError(errcodes.UNKNOWN_OUTCOME, f"{last[1]}: answer lost", endpoint) from e
+                if errcode not in errcodes.NOT_DONE:   # a 5xx: the gateway may have passed it on
+                    lost = True
+                    if once:
+                        raise WeComError(errcodes.UNKNOWN_OUTCOME, f"{last[1]}: answer lost", endpoint) from e
             except requests.RequestException as e:
                 self._hook(endpoint, errcodes.NETWORK_ERROR, started)
                 last = (errcodes.NETWORK_ERROR, type(e).__name__)
-                if once and not never_sent(e):
-                    raise WeComError(errcodes.UNKNOWN_OUTCOME, f"{last[1]}: answer lost", endpoint) from e
+                if not never_sent(e):
+                    lost = True
+                    if once:
+                        raise WeComError(errcodes.UNKNOWN_OUTCOME, f"{last[1]}: answer lost", endpoint) from e
             except WeComError as e:  # from gettoken, the pacer handing the call back, or the lease guard
                 if e.errcode in (errcodes.PACED, errcodes.LEASE_LOST) or e.errcode not in errcodes.RETRYABLE:
                     raise
@@ -220,7 +232,7 @@ class WeComClient(WeChatClient):
                 delay = self.backoff(attempt - 1, last[0])
                 log.info("%s: %s %s, retry %d in %.2fs", endpoint, last[0], last[1], attempt, delay)
                 self.clock.sleep(delay)
-        raise WeComError(last[0], f"{last[1]} (after {self.max_attempts} attempts)", endpoint)
+        raise WeComError(last[0], f"{last[1]} (after {self.max_attempts} attempts)", endpoint, maybe_done=lost)
 
     def _hook(self, endpoint: str, errcode: int, started: float) -> None:
         if self.on_call:

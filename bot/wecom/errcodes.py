@@ -25,6 +25,7 @@ NOT_CUSTOMER_GROUP = 90501
 # staff turnover (doc 90313 via SDK text)
 NOT_RESIGNED = 40097              # 该成员尚未离职: a resigned/* call for a member still employed
 TRANSFER_LIMIT = 40128            # the customer was transferred twice in 90 days already (on-job)
+OAUTH_CODE_INVALID = 40029        # auth/getuserinfo: 不合法的oauth_code (used, over 5 minutes, or never issued)
 USER_NOT_FOUND = 60111            # UserID不存在: the member was deleted
 NO_CONTACT_RELATION = 84061       # 不存在外部联系人的关系 (externalcontact/list of a member with no customers)
 OWNER_NOT_RESIGNED = 90500        # groupchat/transfer of a group whose owner did not resign

@@ -91,7 +91,7 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welco
             return
         status = {"done": "already" if outcome.result.get("already") else "sent",
                   "expired": "expired", "dead": "failed"}[outcome.status]
-        if status == "expired" and row.uncertain:
+        if status == "expired" and (row.uncertain or outcome.maybe_done):
             status = "unknown"   # an earlier attempt's answer was lost: WeCom may have delivered it
         notes = outcome.result.get("notes") or []
         reason = (notes[0] if notes else None) if outcome.status == "done" else \

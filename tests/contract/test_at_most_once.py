@@ -12,7 +12,6 @@ from sqlalchemy import select, update
 
 from bot.db.models import BroadcastTask, Outbox, WorkerProcess
 from bot.messaging.claims import claim_due
-from bot.messaging.heartbeat import process_id
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
 from tests.contract.helpers import count, outbox
@@ -147,26 +146,51 @@ def test_the_heartbeat_renews_leases_and_drops_rows_taken_by_others(harness):
 
 # -- item 6: a dead process's claims come back at once --------------------------------------
 
+def _other_process(h, pid: int, beat_ago: float, owner_rows: int = 10) -> str:
+    """A worker_process row of this host with `pid`, its last beat `beat_ago` s ago, holding the due rows."""
+    from bot.messaging.heartbeat import HOST
+    other = f"{HOST[:24]}:{pid}:abcdef"
+    with h.c.sessions.begin() as s:
+        s.add(WorkerProcess(id=other, host=HOST, pid=pid, role="all", started_at=h.clock.now(),
+                            beat_at=h.clock.now() - timedelta(seconds=beat_ago)))
+        claim_due(s, Outbox, now=h.clock.now(), owner=f"{other}/outbox-0", limit=owner_rows,
+                  lease=timedelta(seconds=30))
+    return other
+
+
 def test_a_restart_takes_back_at_once_what_a_killed_run_of_this_host_held(synced):
     h = synced
     h.driver.member_adds_clerk("SZ001")
     h.c.dispatcher("d").run_once()                  # the welcome row is queued
-    dead_pid = 2 ** 22 + 17                        # no such process
-    dead = f"{process_id().split(':')[0]}:{dead_pid}:abcdef"
-    with h.c.sessions.begin() as s:
-        s.add(WorkerProcess(id=dead, host=dead.split(":")[0], pid=dead_pid, role="all",
-                            started_at=h.clock.now(), beat_at=h.clock.now()))
-        claim_due(s, Outbox, now=h.clock.now(), owner=f"{dead}/outbox-0", limit=10, lease=timedelta(seconds=30))
-    assert count(h, Outbox, status="running") == 1
+    dead = _other_process(h, 2 ** 22 + 17, beat_ago=10)   # no such pid here, silent for 5 beats
+    assert [r.status for r in rows(h, "send_welcome_msg")] == ["running"]
     h.restart_bot()
     h.with_workers = True
-    h.c.start_workers()                             # no waiting for the lease: its pid is gone
+    h.c.start_workers()                             # no waiting for the lease: it is certainly gone
     assert h.wait_for(lambda: [r.status for r in rows(h, "send_welcome_msg")] == ["done"], timeout=5)
     assert len(h.backend.welcomes) == 1
     (row,) = rows(h, "send_welcome_msg")
     assert row.uncertain
     with h.c.sessions() as s:
         assert s.get(WorkerProcess, dead) is None
+
+
+@pytest.mark.parametrize("why", ["same pid as ours (a sibling container)", "still beating"])
+def test_a_live_process_that_only_looks_like_a_dead_one_keeps_its_rows(synced, why):
+    h = synced
+    h.driver.member_adds_clerk("SZ001")
+    h.c.dispatcher("d").run_once()
+    if why.startswith("same pid"):
+        other = _other_process(h, os.getpid(), beat_ago=0)     # pid 1 in every pod: not proof of death
+    else:
+        other = _other_process(h, 2 ** 22 + 17, beat_ago=1)    # pid unseen here, but it beats
+    from bot.messaging.heartbeat import Heartbeat
+    hb = Heartbeat(h.c.sessions, h.clock, h.c.leases, role="worker", lease_seconds=30)
+    hb.beat()
+    (row,) = rows(h, "send_welcome_msg")
+    assert row.status == "running" and row.claimed_by.startswith(other) and not row.uncertain
+    with h.c.sessions() as s:
+        assert s.get(WorkerProcess, other) is not None
 
 
 def test_a_welcome_is_leased_no_longer_than_its_window(synced):
@@ -236,10 +260,6 @@ def test_sandbox_dismissed_group_answers_its_errcode(synced):
     assert e.value.errcode == errcodes.INVALID_CHAT_ID
 
 
-def test_no_pid_is_reused_in_claims(harness):
-    assert process_id().split(":")[1] == str(os.getpid())
-
-
 def test_sync_adopts_a_contact_way_whose_answer_was_lost(harness):
     h = harness
     h.backend.inject_fault("externalcontact/add_contact_way", "drop")
@@ -273,3 +293,58 @@ def test_recipients_wecom_refuses_are_recorded_and_counted(harness):
     assert row.status == "done" and row.result["invaliduser"] == ["left_last_year"]
     from prometheus_client import generate_latest
     assert "wecom_app_message_refused_total 1.0" in generate_latest(h.c.metrics.registry).decode()
+
+
+def test_a_welcome_claimed_with_5s_of_its_window_left_still_gets_its_try(synced):
+    h = synced
+    h.driver.member_adds_clerk("SZ001")
+    h.c.dispatcher("d").run_once()
+    h.clock.advance(15)                              # a backlog ate 15 of the 20 seconds
+    h.pump()
+    (row,) = rows(h, "send_welcome_msg")
+    assert row.status == "done" and len(h.backend.welcomes) == 1
+    assert h.backend.calls["externalcontact/send_welcome_msg"] == 1
+
+
+def test_an_uncertain_mass_message_past_its_deadline_is_asked_about_not_replaced_by_a_reminder(synced):
+    h = synced
+    at(h, 10)
+    h.backend.inject_fault("externalcontact/add_msg_template", "drop", times=10)
+    fire(h, "10:00")
+    h.clock.advance(86400)                        # far past the day's deadline before any retry
+    h.pump()
+    mass = rows(h, "add_msg_template")
+    assert mass and all(r.status == "done" and r.result.get("adopted") for r in mass)
+    assert not [r for r in outbox(h) if r.key.startswith("rm2:")]      # no fallback reminder on top
+    senders = [t["creator"] for t in templates(h)]
+    assert len(senders) == len(set(senders)) == len(mass)
+
+
+def test_an_uncertain_mass_message_wecom_cannot_be_asked_about_is_not_sent_twice_either(synced):
+    h = synced
+    at(h, 10)
+    h.backend.inject_fault("externalcontact/add_msg_template", "drop", times=10)
+    fire(h, "10:00")
+    h.clock.advance(86400)
+    h.backend.inject("externalcontact/get_groupmsg_list_v2", 48002, times=100)   # no permission to ask
+    h.pump()
+    mass = rows(h, "add_msg_template")
+    assert mass and all(r.status == "dead" and r.last_errcode == errcodes.UNKNOWN_OUTCOME for r in mass)
+    assert not [r for r in outbox(h) if r.key.startswith("rm2:")]
+    assert len(templates(h)) == len(mass)                              # each created once, none again
+
+
+def test_a_welcome_whose_answer_was_lost_is_not_recorded_expired(synced):
+    h = synced
+    h.c.client.max_attempts = 1                      # the one attempt is delivered, its answer lost
+    h.backend.inject_fault("externalcontact/send_welcome_msg", "drop")
+    h.driver.member_adds_clerk("SZ001")
+    h.c.dispatcher("d").run_once()
+    h.c.outbox_worker("w").run_once()
+    (row,) = rows(h, "send_welcome_msg")
+    assert row.status == "pending" and row.uncertain  # resendable, and marked: WeCom may have it
+    h.clock.advance(25)                               # the window closes before the retry
+    h.pump()
+    from tests.contract.helpers import welcomes
+    (w,) = welcomes(h)
+    assert len(h.backend.welcomes) == 1 and w.status == "unknown"    # delivered, so not "expired"

@@ -163,7 +163,7 @@ def test_kill9_in_a_300_add_burst_loses_no_welcome_and_sends_none_twice(db_url, 
                     Welcome.status.in_(("pending", "queued")))) == 0 and \
                     s.scalar(select(func.count()).select_from(Outbox).where(
                         Outbox.kind == "send_welcome_msg", Outbox.status.in_(("pending", "running", "unknown")))) == 0
-        assert wait_until(settled, 60), bot.log.read_text()[-3000:]
+        assert wait_until(settled, 180), bot.log.read_text()[-3000:]
         codes = Counter(w["welcome_code"] for w in backend.welcomes)
         assert codes and max(codes.values()) == 1                        # nothing twice
         with sessions() as s:
@@ -174,6 +174,9 @@ def test_kill9_in_a_300_add_burst_loses_no_welcome_and_sends_none_twice(db_url, 
         assert {u for u, st in status.items() if st in ("sent", "already")} <= delivered   # "sent" means sent
         lost = [u for u, st in status.items() if st == "expired" and u in delivered]
         assert not lost, f"recorded expired though WeCom delivered: {lost}"
+        # what the kill left behind was mostly still welcomed: the restart took it back inside the window
+        welcomed = sum(st in ("sent", "already") for st in status.values())
+        assert welcomed >= len(acked) - left, (welcomed, len(acked), left)
         engine.dispose()
     finally:
         bot.stop()
@@ -211,7 +214,7 @@ def test_kill9_in_a_slot_for_2000_groups_delivers_every_group_once(db_url, tmp_p
         queued = kinds.get("add_msg_template", 0) + kinds.get("slot_reminder", 0)
         assert kinds.get("add_msg_template", 0) >= n_stores, kinds
         assert wait_until(lambda: sum(backend.calls[e] for e in ("externalcontact/add_msg_template", "message/send"))
-                          >= queued // 3, 60)
+                          >= queued // 3, 180)
         bot.kill9()
         with sessions() as s:
             at_kill = dict(s.execute(select(Outbox.status, func.count()).group_by(Outbox.status)).all())
@@ -223,9 +226,10 @@ def test_kill9_in_a_slot_for_2000_groups_delivers_every_group_once(db_url, tmp_p
                 return s.scalar(select(func.count()).select_from(Outbox).where(
                     Outbox.status.in_(("pending", "running", "unknown")),
                     Outbox.next_attempt_at < datetime.now(settings.tz) + timedelta(minutes=5))) == 0
-        assert wait_until(settled, 120), bot.log.read_text()[-3000:]
+        assert wait_until(settled, 300), bot.log.read_text()[-3000:]
         senders = Counter(t["creator"] for t in backend.templates.values())
         assert senders and max(senders.values()) == 1                     # one mass message task per sender
+        assert len(senders) == n_stores                                    # and every sender got theirs
         targets = Counter(c for t in backend.templates.values() for c in t["targets"])
         assert not targets or max(targets.values()) == 1                  # no group in two tasks
         reminders = Counter((m["touser"], json.dumps(m.get("textcard"), sort_keys=True))

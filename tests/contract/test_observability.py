@@ -81,6 +81,9 @@ def test_healthz_is_503_when_the_database_is_unreachable(harness, db_url, tmp_pa
         assert len(body["reasons"]) == 1 and body["reasons"][0].startswith("database unreachable: ")
         # /metrics still answers, and says the database did not
         assert metric(harness, "wecom_database_up") == 0
+        # liveness does not depend on the database: a probe must not restart every web node in an outage
+        live = httpx.get(f"{harness.bot.url}/livez")
+        assert live.status_code == 200 and live.json() == {"status": "alive"}
     finally:
         harness.c.sessions.configure(bind=harness.c.engine)
         dead.dispose()

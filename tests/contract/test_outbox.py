@@ -48,7 +48,7 @@ def test_restart_with_pending_events_and_outbox_rows_sends_each_once(synced):
     h.c.dispatcher("before-crash").run_once()        # events handled, welcomes queued, none sent
     for _ in range(2):
         h.driver.member_adds_clerk("SZ002")          # stored, not yet handled
-    assert count(h, Outbox, status="pending") == 4 and count(h, Event, status="pending") == 2
+    assert count(h, Outbox, status="pending", kind="send_welcome_msg") == 4 and count(h, Event, status="pending") == 2
     h.restart_bot()
     h.with_workers = True
     h.c.start_workers()

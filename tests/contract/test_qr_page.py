@@ -88,7 +88,7 @@ def test_one_report_from_a_healthy_store_raises_no_alarm(synced):
 def test_two_customers_reporting_alert_the_clerks_at_once(synced):
     h = synced
     h.backend.break_qr("SZ001", "nobody")
-    (a, url_a), (b, url_b) = welcomed(h), welcomed(h)
+    (_, url_a), (_, url_b) = welcomed(h), welcomed(h)
     httpx.post(url_a + "/report", data={"reason": "error"})
     assert not findings(h, "reported")
     httpx.post(url_b + "/report", json={"reason": "error"})

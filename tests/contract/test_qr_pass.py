@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.db.engine import reads_of
-from bot.db.models import BroadcastTask, QrFinding, Store
+from bot.db.models import BroadcastTask, QrFinding
 from bot.provisioning import checks
 from bot.scheduler import follow_up_broadcasts, run_slot
 from bot.sandbox.harness import Harness
@@ -266,10 +266,15 @@ def test_one_stores_wecom_error_does_not_stop_the_pass(synced):
     assert any("已自动修复" in m for m in messages_to(h, "lisi"))
 
 
-def test_one_stores_unexpected_error_does_not_stop_the_pass(synced, caplog):
+def test_one_stores_unexpected_error_does_not_stop_the_pass(synced, caplog, monkeypatch):
     h = synced
-    with h.c.sessions.begin() as s:                       # a row sync cannot work with
-        s.execute(update(Store).where(Store.code == "SZ001").values(clerks=[]))
+    real = checks._wecom_problems
+
+    def buggy(st, *a, **kw):                              # a bug that bites one store only
+        if st.code == "SZ001":
+            raise KeyError("chat_id_list")
+        return real(st, *a, **kw)
+    monkeypatch.setattr(checks, "_wecom_problems", buggy)
     h.backend.break_qr("SZ001", "deleted")
     h.backend.break_qr("SZ002", "deleted")
     counts = h.c.check_qr(["SZ001", "SZ002"])

@@ -5,8 +5,16 @@ from sqlalchemy import select
 
 from bot.db.engine import reads_of
 from bot.db.models import CorpTag, Outbox
+from bot.tags.marks import DELAY
 
 STORE_GROUP, JOINED_GROUP, JOINED = "门店", "社群", "已进群"
+
+
+def pump(h):
+    """Welcomes first; tags wait out the welcome window (bot.tags.marks.DELAY), then go."""
+    h.pump()
+    h.clock.advance(DELAY.total_seconds() + 1)
+    h.pump()
 
 
 def mark_rows(h):
@@ -22,7 +30,7 @@ def added(h, state):
 def test_an_add_gets_its_store_tag_when_added_through_the_store_qr(synced):
     h = synced
     ext, clerk = added(h, "SZ001")
-    h.pump()
+    pump(h)
     assert h.backend.tags_of(ext, clerk) == ["深圳科技园店"]
     assert h.backend.state()["tags"]["groups"] == {STORE_GROUP: ["深圳科技园店"]}
     (row,) = mark_rows(h)
@@ -32,7 +40,7 @@ def test_an_add_gets_its_store_tag_when_added_through_the_store_qr(synced):
 def test_the_tag_group_is_created_once_for_many_adds_and_each_store_gets_one_tag(synced):
     h = synced
     customers = [added(h, "SZ001") for _ in range(3)] + [added(h, "SZ002") for _ in range(3)]
-    h.pump()
+    pump(h)
     groups = [g for g in h.backend.tag_groups.values() if g["group_name"] == STORE_GROUP]
     assert len(groups) == 1
     assert sorted(t["name"] for t in groups[0]["tag"].values()) == ["深圳海岸城店", "深圳科技园店"]
@@ -42,7 +50,7 @@ def test_the_tag_group_is_created_once_for_many_adds_and_each_store_gets_one_tag
         assert h.backend.tags_of(ext, clerk) == [store]
     lists = h.backend.calls["externalcontact/get_corp_tag_list"]
     ext, clerk = added(h, "SZ001")                                        # cached now: no read, no add
-    h.pump()
+    pump(h)
     assert h.backend.calls["externalcontact/get_corp_tag_list"] == lists
     assert h.backend.calls["externalcontact/add_corp_tag"] == 2
 
@@ -50,10 +58,10 @@ def test_the_tag_group_is_created_once_for_many_adds_and_each_store_gets_one_tag
 def test_a_join_adds_the_joined_tag_on_the_relation_with_the_clerk(synced):
     h = synced
     ext, clerk = added(h, "SZ001")
-    h.pump()
+    pump(h)
     h.clock.advance(30)
     h.driver.member_joins_group("SZ001", ext)
-    h.pump()
+    pump(h)
     assert h.backend.tags_of(ext, clerk) == ["已进群", "深圳科技园店"]
     assert h.backend.state()["tags"]["groups"][JOINED_GROUP] == [JOINED]
     assert [r.status for r in mark_rows(h)] == ["done", "done"]
@@ -62,11 +70,11 @@ def test_a_join_adds_the_joined_tag_on_the_relation_with_the_clerk(synced):
 def test_a_tag_deleted_at_wecom_is_recreated_and_the_mark_retried(synced):
     h = synced
     first, clerk1 = added(h, "SZ001")
-    h.pump()
+    pump(h)
     old_id = h.backend.admin_deletes_tag(STORE_GROUP, "深圳科技园店")     # an admin deletes it in the console
     assert h.backend.tags_of(first, clerk1) == []
     ext, clerk = added(h, "SZ001")
-    h.pump()
+    pump(h)
     assert h.backend.errors["externalcontact/mark_tag:40068"] == 1        # the cached id answered 40068 once
     assert h.backend.tags_of(ext, clerk) == ["深圳科技园店"]
     row = mark_rows(h)[-1]
@@ -79,7 +87,7 @@ def test_a_tag_made_in_the_admin_console_is_used_not_made_again(synced):
     h = synced
     ids = h.backend.admin_adds_tags(STORE_GROUP, ["深圳科技园店"])
     ext, clerk = added(h, "SZ001")
-    h.pump()
+    pump(h)
     assert h.backend.calls["externalcontact/add_corp_tag"] == 0
     assert mark_rows(h)[0].result["tag_id"] == ids["深圳科技园店"]
     assert h.backend.tags_of(ext, clerk) == ["深圳科技园店"]
@@ -88,15 +96,15 @@ def test_a_tag_made_in_the_admin_console_is_used_not_made_again(synced):
 def test_marking_is_not_repeated_when_the_same_fact_arrives_again(synced):
     h = synced
     d = h.driver.member_adds_clerk("SZ001")
-    h.pump()
+    pump(h)
     h.driver.post(*d.request)                        # WeCom redelivers the add byte for byte
-    h.pump()
+    pump(h)
     h.clock.advance(30)
     h.driver.member_joins_group("SZ001", d.fields["ExternalUserID"])
-    h.pump()
+    pump(h)
     chat = h.groups["SZ001"][0]
     h.driver.member_invited(chat)                    # another member's callback reads the group again
-    h.pump()
+    pump(h)
     assert h.backend.calls["externalcontact/mark_tag"] == 2
     assert len(mark_rows(h)) == 2
 
@@ -105,11 +113,11 @@ def test_no_tag_without_a_store_qr_or_for_a_customer_who_left_the_clerk(synced):
     h = synced
     chat = h.groups["SZ001"][0]
     h.driver.member_invited(chat)                    # a join without any add: no relation to tag
-    h.pump()
+    pump(h)
     assert mark_rows(h) == []
     d = h.driver.member_adds_clerk("SZ002")
     h.driver.member_deletes_clerk(d.fields["ExternalUserID"], d.fields["UserID"])   # before the bot tags them
-    h.pump()
+    pump(h)
     (row,) = mark_rows(h)
     assert row.status == "dead" and row.last_errcode == 84061          # nothing to tag: not retried
 
@@ -119,5 +127,5 @@ def test_tags_can_be_switched_off(harness):
     h.c.settings.tags.enabled = False
     h.sync()
     ext, clerk = added(h, "SZ001")
-    h.pump()
+    pump(h)
     assert mark_rows(h) == [] and h.backend.tags_of(ext, clerk) == []

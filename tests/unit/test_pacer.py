@@ -26,3 +26,17 @@ def test_a_caller_holding_a_lease_is_told_when_room_opens_instead_of_waiting():
         pacer.acquire("a", max_wait=5)
     assert e.value.wait == pytest.approx(60, abs=0.01)
     pacer.acquire("b", max_wait=5)                     # per API
+
+
+def test_the_hourly_limit_holds_calls_to_the_end_of_the_clock_hour():
+    clock = FakeClock(datetime(2026, 11, 23, 10, 58, 30, tzinfo=SHANGHAI))
+    pacer = Pacer(clock, per_minute=3, per_hour=4)
+    for _ in range(3):
+        pacer.acquire("a")
+    clock.advance(60)
+    pacer.acquire("a", max_wait=0)                     # 10:59:30, the hour's 4th
+    with pytest.raises(NoRoom) as e:                   # the minute has room, the hour has not
+        pacer.acquire("a", max_wait=5)
+    assert e.value.wait == pytest.approx(30, abs=0.01)
+    clock.advance(30)
+    pacer.acquire("a", max_wait=0)                     # 11:00, a new hour

@@ -17,3 +17,7 @@ __all__ += ["GroupTransferAPI", "StaffAPI", "TransferAPI"]
 from bot.wecom.api.tags import TagAPI  # noqa: E402 (store tags, issue 14)
 
 __all__ += ["TagAPI"]
+
+from bot.wecom.api.auth import MemberAuthAPI  # noqa: E402 (the ops console's WeCom login, issue 15)
+
+__all__ += ["MemberAuthAPI"]
