@@ -141,8 +141,8 @@ def cmd_serve(args) -> int:
             # full passes, which otherwise stall every request now and then.
             gc.collect()
             gc.freeze()
-            # the access log on, through the root handler: the same kv or JSON lines as the bot's
-            uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True,
+            # the access log (on by default), through the root handler: the same kv or JSON lines as the bot's
+            uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=settings.access_log,
                         log_config=uvicorn_log_config(), **server_options(settings))
         else:
             stop = threading.Event()

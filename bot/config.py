@@ -176,6 +176,10 @@ class Settings(BaseSettings):
     link_keys: list[SecretStr] = []     # earlier admin_tokens: links they signed still verify (rotation)
     trusted_proxies: list[str] = []     # addresses (or CIDR networks) whose X-Forwarded-For is believed
     retention_days: int = Field(default=90, ge=7)  # events, outbox rows, deliveries, members' order details
+    # One line per HTTP request from `serve`. It costs: about a third of the callback rate and half
+    # again the welcome latency in a burst on two cores (scripts/bench_callbacks.py); behind nginx,
+    # whose access log says the same, it may go.
+    access_log: bool = True
     ops_userids: list[str] = []         # WeCom members told what only ops can fix (bot.staff.ops)
     digest: DigestSettings = DigestSettings()
     admin: AdminSettings = AdminSettings()   # the ops console's login and session (bot.admin)
