@@ -5,10 +5,13 @@ server's own limits (uvicorn keyword arguments, with a request-head deadline uvi
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs
 
 from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -45,6 +48,31 @@ async def read_capped(request: Request, cap: int) -> bytes:
     except ClientDisconnect:  # nobody to answer; not a server error
         raise BodyRejected(400, "client went away") from None
     return bytes(body)
+
+
+class MemberBody(NamedTuple):
+    fields: dict
+    is_form: bool       # a no-JavaScript form post: answer with a page, not JSON
+
+
+async def read_member_body(request: Request, cap: int) -> MemberBody | JSONResponse:
+    """What a member's page posts, a form or a JSON object, read under `cap`; or the Chinese 413 or
+    422 answer to give instead."""
+    try:
+        raw = await read_capped(request, cap)
+    except BodyRejected as e:
+        return JSONResponse({"message": "提交的内容太长了。", "error": "too_large"}, status_code=e.status)
+    is_form = "application/x-www-form-urlencoded" in request.headers.get("content-type", "")
+    try:
+        if is_form:
+            fields = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+        else:
+            fields = json.loads(raw or b"{}")
+            if not isinstance(fields, dict):
+                raise ValueError
+    except (ValueError, RecursionError):   # RecursionError: [[[[… nested past the parser's depth
+        return JSONResponse({"message": "请求格式不对。", "error": "malformed"}, status_code=422)
+    return MemberBody(fields, is_form)
 
 
 # -- the client's address ---------------------------------------------------------------------

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import math
 import secrets
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -22,7 +21,7 @@ from bot.db.engine import reads_of
 from bot.db.models import Chain, ChainOrder, GroupChat, Store
 from bot.links import Verdict, refusal
 from bot.ratelimit import RateLimiter
-from bot.web import BodyRejected, address_key, read_capped, request_address, trusted_networks
+from bot.web import address_key, read_member_body, request_address, trusted_networks
 
 # What `?error=` may say: a code, shown as its fixed text (ok: shown as good news). Anything else
 # shows nothing: a crafted link in a group must not put its words on our page.
@@ -124,20 +123,10 @@ def chain_router(c) -> APIRouter:
 
     @r.post("/c/{token}/orders", openapi_extra=ORDER_OPENAPI, responses=ORDER_RESPONSES)
     async def order(token: str, request: Request, g: str = ""):
-        try:
-            raw = await read_capped(request, pages.max_body_bytes)
-        except BodyRejected as e:
-            return JSONResponse({"message": "提交的内容太长了。", "error": "too_large"}, status_code=e.status)
-        is_form = "application/x-www-form-urlencoded" in request.headers.get("content-type", "")
-        try:
-            if is_form:
-                body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-            else:
-                body = json.loads(raw or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError
-        except (ValueError, RecursionError):   # RecursionError: [[[[… nested past the parser's depth
-            return JSONResponse({"message": "请求格式不对。", "error": "malformed"}, status_code=422)
+        read = await read_member_body(request, pages.max_body_bytes)
+        if isinstance(read, JSONResponse):
+            return read
+        body, is_form = read
         chat = body.get("g") or g
         wait = too_often(request, body)
         if wait:

@@ -4,12 +4,10 @@ the funnel's `viewed` step; a report raises the alarm (bot.funnel.reports)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from datetime import timedelta
-from urllib.parse import parse_qs
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -20,7 +18,7 @@ from bot.db.engine import reads_of
 from bot.db.models import Store
 from bot.funnel.reports import page_add, record_report, record_view
 from bot.links import LinkSigner, Verdict, refusal
-from bot.web import BodyRejected, read_capped
+from bot.web import read_member_body
 from bot.wecom.client import WeComError
 
 log = logging.getLogger(__name__)
@@ -147,20 +145,10 @@ def qr_router(c) -> APIRouter:
         openapi_extra={"requestBody": {"required": False, "content": {
             "application/json": {"schema": REPORT_BODY}, "application/x-www-form-urlencoded": {"schema": REPORT_BODY}}}})
     async def report_route(token: str, request: Request):
-        try:
-            raw = await read_capped(request, c.settings.pages.max_body_bytes)
-        except BodyRejected as e:
-            return JSONResponse({"message": "提交的内容太长了。", "error": "too_large"}, status_code=e.status)
-        is_form = "application/x-www-form-urlencoded" in request.headers.get("content-type", "")
-        try:
-            if is_form:
-                body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-            else:
-                body = json.loads(raw or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError
-        except (ValueError, RecursionError):
-            return JSONResponse({"message": "请求格式不对。", "error": "malformed"}, status_code=422)
+        read = await read_member_body(request, c.settings.pages.max_body_bytes)
+        if isinstance(read, JSONResponse):
+            return read
+        body, is_form = read
         reason = body.get("reason") if isinstance(body.get("reason"), str) else "other"
         refused, found = await run_in_threadpool(report, token, reason)
         if refused:
