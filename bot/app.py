@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bot.admin.routes import admin_router
 from bot.bootstrap import Container
 from bot.broadcast.sidebar import sidebar_router
+from bot.broadcast.toolbar import toolbar_router
 from bot.chains.routes import chain_router
 from bot.funnel.qr_page import qr_router
 from bot.health import check_health
@@ -64,6 +65,7 @@ def create_app(c: Container) -> FastAPI:
 
     app.include_router(chain_router(c))
     app.include_router(sidebar_router(c))
+    app.include_router(toolbar_router(c))    # /sidebar without a signature: the chat toolbar, WeCom login
     app.include_router(qr_router(c))
     app.include_router(admin_router(c))      # the ops console: WeCom login, dashboard (bot/admin)
 

@@ -44,6 +44,7 @@ from bot.staff import handlers as staff_handlers
 from bot.staff.roster import Roster
 from bot.tags import executors as tag_executors
 from bot.tags import handlers as tag_handlers
+from bot.tags.marks import mark_joined
 from bot.welcome import executors as welcome_executors
 from bot.welcome import handlers as welcome_handlers
 from bot.welcome.content import WelcomeContent
@@ -143,7 +144,7 @@ class Container:
             "sessions": sessions, "media": self.media, "welcome_content": self.content,
             "app_messages": AppMessages(sessions),
             "calendar": self.calendar, "qr_health": self.qr_health, "settings": st, "roster": self.roster,
-            "clock": clock})
+            "clock": clock, "provisioner_for": self.provisioner})
         # every handler's and command's arguments resolved now: a misnamed one fails at start-up
         self.dispatcher()
         self.commands.check(set(self.handler_deps["command_deps"]))
@@ -167,11 +168,18 @@ class Container:
     def _settled(self, row: Outbox, outcome: Outcome) -> None:
         self.metrics.on_settled(row, outcome, self.clock.now())
 
-    def provisioner(self) -> Provisioner:
-        p = Provisioner(self.sessions, self.client, self.clock, self.media,
+    def provisioner(self, client: WeComClient | None = None) -> Provisioner:
+        p = Provisioner(self.sessions, client or self.client, self.clock, self.media,
                         ops_userids=self.settings.ops_userids)
         p.roster = self.roster   # sync's staff step (bot.staff.roster)
+        p.on_joins = self.settle_joins
+        p.tags = self.settings.tags
         return p
+
+    def settle_joins(self, s, joins, now) -> None:
+        """Joins a sync or QR pass found that no callback told of: the same all-clear and 已进群 tag."""
+        self.qr_health.on_joins(s, joins, now)
+        mark_joined(s, now, self.settings.tags, joins)
 
     def check_qr(self, store_codes: list[str] | None = None) -> dict[str, int]:
         """One QR-health pass (the 5-minute job and `wecom-bot qr check`)."""

@@ -122,13 +122,31 @@ def cmd_sync(args) -> int:
 def cmd_serve(args) -> int:
     from bot.app import create_app
     from bot.bootstrap import bootstrap
-    from bot.scheduler import Scheduler
+    from bot.db.migrate import lock_file
+    from bot.scheduler import FileLock, Scheduler, fcntl, process_id
     from bot.web import server_options
     import uvicorn
 
     settings = _settings(args)
-    c = bootstrap(settings, migrate=True)
-    scheduler = None
+    c = bootstrap(settings)
+    # SQLite has one writer: a second process's writes queue on SQLite's own lock, not on this
+    # process's fair one (a web + worker split measured 0.03x of one process). So one `serve` per
+    # database file, held by a file lock the kernel drops when the process dies; short-lived
+    # commands (sync, report, qr check, ...) do not take it.
+    path = lock_file(c.engine, ".serve.lock")
+    serve_lock = FileLock(path) if path is not None and fcntl is not None else None
+    if serve_lock is not None and not serve_lock.try_acquire(f"{process_id()} --role {args.role}"):
+        c.close()
+        print(f"serve: another `wecom-bot serve` ({serve_lock.owner()}) already serves the SQLite database "
+              f"{c.engine.url.database} (lock {path}). SQLite runs one `serve` with `--role all`; several processes "
+              "(--role web, worker, scheduler) need PostgreSQL (database_url: postgresql+psycopg://...).",
+              file=sys.stderr)
+        return 2
+    if serve_lock is not None and args.role != "all":
+        log.warning("serve --role %s on SQLite: no other `serve` may run on this file, so the other roles' work "
+                    "is done by nobody; use --role all (or PostgreSQL for split roles)", args.role)
+    c.migrate()
+    scheduler = metrics_server = None
     if args.role in ("all", "worker"):
         c.start_workers(role=args.role)
     if args.role in ("all", "scheduler"):
@@ -145,6 +163,13 @@ def cmd_serve(args) -> int:
             uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=settings.access_log,
                         log_config=uvicorn_log_config(), **server_options(settings))
         else:
+            # No app here, but what this process counts (welcome latency, 45009s, WeCom calls) is in its
+            # own registry only: /metrics on --port, for the scraper.
+            from prometheus_client import start_http_server
+            try:
+                metrics_server, _ = start_http_server(args.port, args.host, registry=c.metrics.registry)
+            except OSError as e:
+                log.warning("serve --role %s: /metrics not served on %s:%s (%s)", args.role, args.host, args.port, e)
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
@@ -152,9 +177,13 @@ def cmd_serve(args) -> int:
             except KeyboardInterrupt:
                 pass
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if scheduler:
             scheduler.stop()
         c.close()
+        if serve_lock is not None:
+            serve_lock.release()
     return 0
 
 

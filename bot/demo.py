@@ -12,6 +12,7 @@ from collections import Counter
 from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import httpx
 from sqlalchemy import func, select
@@ -48,9 +49,10 @@ def _ms(values: list[float]) -> str:
 
 def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="wecom-bot-demo-"))
-    # The demo's day lasts seconds, so an add ripens after 3 s instead of the 5 minutes of a real day.
+    # The demo's day lasts seconds, so an add ripens after 3 s instead of the 5 minutes of a real day,
+    # and two reports need 3 silent adds instead of 6.
     h = Harness(database_url=f"sqlite:///{tmp / 'demo.db'}", stores=DEMO_STORES, calendar_dir=calendar_dir,
-                settings_overrides={"qr_health": {"grace_minutes": 0.05},
+                settings_overrides={"qr_health": {"grace_minutes": 0.05, "report_min_adds": 3},
                                     "broadcast": {"reminder_spread_seconds": 0}})
     h.start()
     backend, c, driver, settings = h.backend, h.c, h.driver, h.cfg
@@ -104,12 +106,19 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
                 pass  # "scanned it, system error, can't join"
             _drain(c)
             page = _page_link(backend, ext)
-            if page and n <= 2:   # the first two open the welcome's 「点此进群（二维码打不开点这里）」 and report
+            if page and n in (4, 5):   # these two open the welcome's 「点此进群（二维码打不开点这里）」 and report
+                if n == 4:   # after trying a while: the adds before them have ripened into silence (grace 3 s)
+                    time.sleep(3.2)
                 httpx.get(page)
                 httpx.post(page + "/report", data={"reason": "error"})
                 print(f"   customer {n} could not join, opened the group-QR page from the welcome and tapped "
                       "「扫码进不了群？告诉店员」")
                 _drain(c)
+                told = next((m for m in reversed(backend.app_messages)
+                             if "顾客进不了群" in m.get("text", {}).get("content", "")), None)
+                if told and n == 4:
+                    print(f"   the clerk {told['touser']} hears of that customer at once:\n   "
+                          + told["text"]["content"].replace("\n", "\n   "))
             alert = next((m for m in backend.app_messages if "二维码异常" in m.get("text", {}).get("content", "")
                           and broken in m["text"]["content"]), None)
             if alert:
@@ -157,17 +166,50 @@ def run_demo(members: int = 60, serve: bool = False, calendar_dir: str | None = 
 
         slots_summary = _slots(h)
 
+        # the scheduler sends yesterday's at digest.time; the demo's day is today, so today's it is
+        print("\n6b. The morning digest (digest.time, here of today): one app message per clerk")
+        from bot.digest import send_digest
+        send_digest(c, c.clock.now().astimezone(settings.tz).date())
+        _drain(c)
+        digest = next((m for m in backend.app_messages if m["touser"] == "zhaoliu"
+                       and m["msgtype"] == "text" and m["text"]["content"].startswith("【早报")), None)
+        if digest:
+            print("   " + digest["text"]["content"].replace("\n", "\n   "))
+
         _summary(c, backend, deliveries, dup_statuses, time.monotonic() - started)
         print(slots_summary)
         print(chain_summary)
+        who = _console_member(h)
+        print(f"  ops console               {bot.url}/admin  (WeCom login through the sandbox, as {who}; "
+              + ("one-click login below)" if serve else "--serve keeps it up and prints a one-click login)"))
         if serve:
             print(f"\nServing: bot {bot.url} (/healthz, /metrics), sandbox {sandbox.url}/_sandbox/state. Ctrl-C stops.")
+            print(f"  ops console      {bot.url}/admin")
+            print(f"  one-click login  {console_login_link(bot.url, sandbox.url, who)}  (the sandbox's WeCom login, as {who})")
+            print(f"  toolbar sidebar  {bot.url}/sidebar  (the customer-group chat-toolbar page; in a plain browser it says so)")
             threading.Event().wait()
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
         h.stop()
+
+
+def _console_member(h: Harness) -> str:
+    """Who the demo's console login signs in as: the first of ops_userids (sees every store), else the
+    first store's first clerk (sees their store)."""
+    ops = list(h.cfg.ops_userids)
+    if ops:
+        h.backend.add_member(ops[0])          # a member of the corp, not a clerk: the sandbox must know them
+        return ops[0]
+    return DEMO_STORES[0]["clerks"][0]
+
+
+def console_login_link(bot_url: str, sandbox_url: str, userid: str) -> str:
+    """One click into /admin: the sandbox remembers the member, the bot's own login runs (its state
+    cookie bound to this browser), and the sandbox's WeCom page picks the member at once."""
+    return (f"{sandbox_url}/_sandbox/auth/as/{quote(userid, safe='')}?"
+            + urlencode({"next": f"{bot_url}/admin/login?next=/admin"}))
 
 
 def _no_code(backend: WeComBackend) -> int:

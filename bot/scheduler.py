@@ -54,6 +54,9 @@ LEASE_SECONDS = 30    # a holder that stopped renewing is replaced after this, p
 LEASE_NAME = "scheduler"
 
 
+DIGEST_GRACE_MINUTES = 180   # a digest three hours late is still this morning's
+
+
 def missed_slots(slots: list[str], now: datetime, grace_minutes: int) -> list[str]:
     """Today's slots whose time has passed by less than the misfire grace (`now` in the bot's zone)."""
     out = []
@@ -280,7 +283,9 @@ class Scheduler:
         # worth sending, and a second run sends nothing new
         hh, mm = map(int, c.settings.digest.time.split(":"))
         self._add("digest", send_morning_digest, CronTrigger(hour=hh, minute=mm, timezone=tz), args=[c],
-                  misfire_grace_time=3 * 3600)
+                  misfire_grace_time=DIGEST_GRACE_MINUTES * 60)
+        if missed_slots([c.settings.digest.time], now, DIGEST_GRACE_MINUTES):   # taken over after it: as a slot
+            self._add(f"catch_up:{now.date()}:digest", send_morning_digest, "date", args=[c])
         # at night, when nobody adds clerks: its batches still yield SQLite's write lock between them
         self._add("retention", purge_old_rows, CronTrigger(hour=3, minute=30, timezone=tz), args=[c],
                   misfire_grace_time=3 * 3600)

@@ -5,7 +5,10 @@
 Starts `wecom-bot sandbox` and `wecom-bot serve` as separate processes on loopback (the bot
 with its workers, so the work behind the acknowledgement runs too), then:
 1. wrk (Debian package `wrk`) POSTs distinct, validly signed and encrypted callbacks for
-   --seconds; the same run measures GET /livez (no database) as a reference, so the figure is a ratio too;
+   --seconds; the same run measures two references, so the figure is a ratio: the same callbacks
+   POSTed to scripts/noop_callback.py (verify, decrypt, parse with wechatpy, answer 200: a process of
+   its own with the same config and server options; the issue's target is >= 0.5x of it) and
+   GET /livez of the bot (no database);
 2. `wecom-bot sync`, then a burst of 200 customers adding clerks (the sandbox's driver plays them,
    16 at once); welcome latency = add event issued → send_welcome_msg accepted at the sandbox.
 Prints figures; measures, asserts nothing.
@@ -15,14 +18,19 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine, text
 
-from benchlib import ROOT, STORES, require_wrk, run_wrk, sandbox_and_bot
+from benchlib import ROOT, STORES, free_port, require_wrk, run_wrk, sandbox_and_bot, wait_http
 from bot.clock import SystemClock
 from bot.sandbox.backend import Corp, WeComBackend
 from bot.sandbox.driver import Driver, event_xml
@@ -47,6 +55,24 @@ def seal_requests(corp: Corp, path: Path, n: int) -> None:
             f.write(f"/wecom/callback?{query}\t{body.decode()}\n")
 
 
+@contextmanager
+def noop_callback(config: Path):
+    """scripts/noop_callback.py as a process of its own, on the bot's config: its callback URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "noop_callback.py"), "--config", str(config),
+                             "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/livez")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def pending(engine) -> int:
     with engine.connect() as c:
         return c.execute(text("SELECT count(*) FROM event WHERE status IN ('pending', 'running')")).scalar()
@@ -59,12 +85,21 @@ def bench(db: str, seconds: int, connections: int) -> None:
         t0 = time.perf_counter()
         seal_requests(svc.corp, requests_file, n)
         print(f"[{db}] sealed {n} distinct callbacks in {time.perf_counter() - t0:.1f}s")
+        lua = [ROOT / "scripts" / "wrk_callbacks.lua", [str(requests_file), "2"]]
         ref = run_wrk(f"{svc.bot}/livez", seconds, connections)
-        cb = run_wrk(svc.bot, seconds, connections, ROOT / "scripts" / "wrk_callbacks.lua", [str(requests_file), "2"])
-        print(f"[{db}] GET /livez (reference): {ref['rps']:8.0f} req/s  p50 {ref['p50']:.1f} ms  p99 {ref['p99']:.1f} ms")
-        print(f"[{db}] POST /wecom/callback:     {cb['rps']:8.0f} req/s  p50 {cb['p50']:.1f} ms  p99 {cb['p99']:.1f} ms"
-              f"  non-2xx {cb['non2xx']}  (ratio to reference {cb['rps'] / ref['rps']:.2f}; "
-              f"{'all distinct' if not cb['wrapped'] else 'some redelivered'})")
+        with noop_callback(svc.config) as noop_url:   # before the bot's run: its backlog drain would compete
+            noop = run_wrk(noop_url, seconds, connections, *lua)
+        cb = run_wrk(svc.bot, seconds, connections, *lua)
+        print(f"[{db}] GET /livez (reference):      {ref['rps']:8.0f} req/s  p50 {ref['p50']:.1f} ms  "
+              f"p99 {ref['p99']:.1f} ms")
+        print(f"[{db}] noop_callback (reference):   {noop['rps']:8.0f} req/s  p50 {noop['p50']:.1f} ms  "
+              f"p99 {noop['p99']:.1f} ms  non-2xx {noop['non2xx']}")
+        print(f"[{db}] POST /wecom/callback (bot):  {cb['rps']:8.0f} req/s  p50 {cb['p50']:.1f} ms  "
+              f"p99 {cb['p99']:.1f} ms  non-2xx {cb['non2xx']}  "
+              f"({'all distinct' if not cb['wrapped'] else 'some redelivered'})")
+        print(f"[{db}] ratio: bot / noop_callback = {cb['rps']:.0f} / {noop['rps']:.0f} = {cb['rps'] / noop['rps']:.2f}x "
+              f"(target >= 0.5x); bot / livez = {cb['rps']:.0f} / {ref['rps']:.0f} = {cb['rps'] / ref['rps']:.2f}x; "
+              f"noop_callback / livez = {noop['rps'] / ref['rps']:.2f}x")
         # The load left a backlog of stored events; the workers drain it behind the acknowledgements.
         engine = create_engine(svc.db_url)
         drained_from = time.perf_counter()

@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--worker-processes", type=int, default=0,
                     help="extra `wecom-bot serve --role worker` processes on the same database (scale-out)")
     args = ap.parse_args()
+    if args.worker_processes and args.db == "sqlite":
+        sys.exit("--worker-processes needs --db postgresql: on SQLite a second `serve` refuses to start (bot/cli.py)")
 
     import tempfile
 

@@ -37,6 +37,9 @@ from bot.db.models import Store
 from bot.links import ADMIN, LinkSigner, Verdict
 
 SESSION_COOKIE = "wb_admin"
+# The session rides to /admin and to the chat-toolbar sidebar /sidebar (bot/broadcast/toolbar.py); the
+# state cookie only to /admin/auth.
+SESSION_PATH = "/"
 STATE_COOKIE = "wb_admin_state"
 STATE_MINUTES = 10
 
@@ -163,14 +166,15 @@ class AdminAuth:
         resp = RedirectResponse(next_path, status_code=303)
         hours = self.settings.admin.session_hours
         self._set(resp, SESSION_COOKIE, self._signed("session", [userid, secrets.token_urlsafe(16)], hours * 60),
-                  int(hours * 3600))
+                  int(hours * 3600), path=SESSION_PATH)
         resp.delete_cookie(STATE_COOKIE, path="/admin")
         return resp
 
     def logout(self) -> Response:
         # a page, not a redirect to /admin/login: that goes on to WeCom, which the CSP's form-action forbids
         resp = page(200, "已退出", "你已退出运营后台。", ("/admin/login", "重新登录"))
-        resp.delete_cookie(SESSION_COOKIE, path="/admin")
+        resp.delete_cookie(SESSION_COOKIE, path=SESSION_PATH)
+        resp.delete_cookie(SESSION_COOKIE, path="/admin")   # a session set before SESSION_PATH was "/"
         return resp
 
     # -- who is asking --------------------------------------------------------------------
@@ -199,7 +203,7 @@ class AdminAuth:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             resp = RedirectResponse(f"/admin/login?next={quote(target, safe='')}", status_code=303)
             if request.cookies.get(SESSION_COOKIE):
-                resp.delete_cookie(SESSION_COOKIE, path="/admin")
+                resp.delete_cookie(SESSION_COOKIE, path=SESSION_PATH)
             return resp
         try:
             return self.viewer_for(parts[0], parts[1])
@@ -218,7 +222,9 @@ def forbidden(text: str) -> HTMLResponse:
 
 
 def safe_next(path: str | None) -> str:
-    """Only our own admin pages: never an open redirect."""
+    """Only our own admin pages (and the toolbar sidebar): never an open redirect."""
+    if path == "/sidebar" or (path or "").startswith("/sidebar?"):
+        return path if "\\" not in path and "\n" not in path else "/sidebar"
     if not path or not path.startswith("/admin") or path.startswith("//") or "\\" in path or "\n" in path:
         return "/admin"
     return path

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 400          # owners per transaction when firing: short write locks, few round trips
 PENDING = ("queued", "awaiting")
+OPS_PAUSED = "运营在后台暂停了这个时段"   # the reason of a row ops paused (resume_slot undoes only these)
 
 
 @dataclass
@@ -112,17 +113,21 @@ class Broadcaster:
         return used
 
     # -- planning ------------------------------------------------------------------------------
-    def plan_day(self, day: date, from_slot: str) -> int:
-        """Plan `day` for every group not planned yet (from `from_slot` on): rows in slot_delivery."""
+    def plan_day(self, day: date, from_slot: str, store: str | None = None) -> int:
+        """Plan `day` for every group not planned yet (from `from_slot` on): rows in slot_delivery.
+        With `store`, that store's groups only (an ops action on /admin/broadcasts)."""
         self.calendar.reload_if_changed()
         now = self.clock.now()
         with self.reads() as r:
             # Only live groups of open stores: a dismissed group or a closed store gets no more slots.
-            groups = r.execute(select(GroupChat.chat_id, GroupChat.store_code, GroupChat.owner)
-                               .join(Store, Store.code == GroupChat.store_code)
-                               .where(GroupChat.dismissed_at.is_(None), Store.closed_at.is_(None))).all()
-            planned = set(r.scalars(select(SlotDelivery.chat_id).where(SlotDelivery.day == day.isoformat())
-                                    .distinct()))
+            q = (select(GroupChat.chat_id, GroupChat.store_code, GroupChat.owner)
+                 .join(Store, Store.code == GroupChat.store_code)
+                 .where(GroupChat.dismissed_at.is_(None), Store.closed_at.is_(None)))
+            groups = r.execute(q.where(GroupChat.store_code == store) if store else q).all()
+            pq = select(SlotDelivery.chat_id).where(SlotDelivery.day == day.isoformat())
+            if store:
+                pq = pq.where(SlotDelivery.chat_id.in_([g.chat_id for g in groups]))
+            planned = set(r.scalars(pq.distinct()))
             todo = [g for g in groups if g.chat_id not in planned]
             if not todo:
                 return 0
@@ -145,30 +150,45 @@ class Broadcaster:
         log.info("planned %s for %d groups (%d rows)", day, len(todo), len(rows))
         return len(rows)
 
+    def plan_from(self, day: date, slot: str) -> str:
+        """Where planning starts for a fire of `slot` of `day` (scheduled, or early or late from the CLI
+        or the console): the earliest slot the scheduler may still fire (within its misfire grace), or `slot` if
+        earlier. Planning from `slot` alone would leave an earlier slot still to come unplanned for good
+        (plan_day plans each group once a day)."""
+        now = self.clock.now()
+        grace = timedelta(minutes=self.settings.misfire_grace_minutes)
+        coming = [x for x in self.settings.slots if slot_time(day, x, self.tz) + grace > now]
+        return min([slot, *coming])
+
     # -- firing --------------------------------------------------------------------------------
-    def fire(self, day: date, slot: str) -> FireReport:
+    def fire(self, day: date, slot: str, store: str | None = None) -> FireReport:
+        """Fire `slot` of `day`; with `store`, for that store's groups only (the ops console's 立即发送):
+        the same claim, cap and outbox keys, so a group never gets its slot twice whoever fires first."""
         report = FireReport(day, slot)
-        self.plan_day(day, slot)
+        # from the earliest slot still to come: `slot fire 12:00` run at 09:00 must not leave 10:00 unplanned
+        self.plan_day(day, self.plan_from(day, slot), store)
+        where = (SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot,
+                 *((SlotDelivery.store_code == store,) if store else ()))
         with self.reads() as r:
-            owners = list(r.scalars(select(SlotDelivery.owner).where(
-                SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot).distinct()))
+            owners = list(r.scalars(select(SlotDelivery.owner).where(*where).distinct()))
             report.already = r.scalar(select(func.count()).select_from(SlotDelivery).where(
-                SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot,
-                SlotDelivery.status != "planned")) or 0
+                *where, SlotDelivery.status != "planned")) or 0
         for i in range(0, len(owners), CHUNK):
             with self.sessions.begin() as s:
-                self._fire_owners(s, day, slot, owners[i:i + CHUNK], report)
-        log.info("slot %s", report.summary())
+                self._fire_owners(s, day, slot, owners[i:i + CHUNK], report, only_store=store)
+        log.info("slot %s%s", report.summary(), f" (store {store} only)" if store else "")
         return report
 
-    def _fire_owners(self, s: Session, day: date, slot: str, owners: list[str], report: FireReport) -> None:
+    def _fire_owners(self, s: Session, day: date, slot: str, owners: list[str], report: FireReport,
+                     only_store: str | None = None) -> None:
         now = self.clock.now()
         d = day.isoformat()
+        only = (SlotDelivery.store_code == only_store,) if only_store else ()
         paused = set(s.scalars(select(BroadcastPause.clerk).where(BroadcastPause.day == d,
                                                                    BroadcastPause.clerk.in_(owners))))
         if paused:
             res = s.execute(update(SlotDelivery).where(
-                SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.status == "planned",
+                SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.status == "planned", *only,
                 SlotDelivery.owner.in_(paused)).values(status="paused", reason="店员暂停了今天的推送", fired_at=now)
                 .returning(SlotDelivery.id))
             report.paused += len(res.all())
@@ -177,7 +197,7 @@ class Broadcaster:
             return
         # The claim: only rows still planned move, so a second firer finds nothing to do.
         claimed = s.execute(update(SlotDelivery).where(
-            SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.status == "planned",
+            SlotDelivery.day == d, SlotDelivery.slot == slot, SlotDelivery.status == "planned", *only,
             SlotDelivery.owner.in_(live)).values(status="queued", fired_at=now)
             .returning(SlotDelivery.id, SlotDelivery.chat_id, SlotDelivery.owner, SlotDelivery.store_code,
                        SlotDelivery.mode)).all()
@@ -254,8 +274,11 @@ class Broadcaster:
         # A slot fired ahead of its time (`slot fire` by hand) goes out now, still spread.
         base = at if now >= at else now
         for owner, parts in reminders.items():
+            # One store fired alone keys its reminder by store too: the rest of the slot, fired after,
+            # still reminds this clerk of their other stores' groups.
             calls.append(outbox.row(
-                "slot_reminder", f"rm:{d}:{slot}:{owner}", self._reminder_payload(owner, day, slot, parts),
+                "slot_reminder", f"rm:{d}:{slot}:{owner}" + (f":{only_store}" if only_store else ""),
+                self._reminder_payload(owner, day, slot, parts),
                 not_before=max(now, base + timedelta(seconds=spread_seconds(owner, self.settings.reminder_spread_seconds)))))
         insert_ignore_many(s, BroadcastTask, tasks)
         outbox.add_many(calls)
@@ -303,6 +326,26 @@ class Broadcaster:
         res = s.execute(delete(BroadcastPause).where(BroadcastPause.day == day.isoformat(),
                                                      BroadcastPause.clerk == clerk).returning(BroadcastPause.clerk))
         return bool(res.all())
+
+    # -- ops controls (one store, one slot) ----------------------------------------------------
+    # On the rows themselves, not a pause table: a row still planned is what firing claims, so a
+    # paused one is passed over by every firer, and resuming puts back only what ops paused.
+    def pause_slot(self, s: Session, day: date, slot: str, store: str) -> int:
+        """Hold back the store's groups of `slot` (plan them first: plan_day(day, plan_from(...), store)).
+        Returns how many rows it paused now (0: already paused, or already fired)."""
+        res = s.execute(update(SlotDelivery).where(
+            SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot, SlotDelivery.store_code == store,
+            SlotDelivery.status == "planned").values(status="paused", reason=OPS_PAUSED).returning(SlotDelivery.id))
+        return len(res.all())
+
+    def resume_slot(self, s: Session, day: date, slot: str, store: str) -> int:
+        """Undo pause_slot: those rows are planned again (fired by the slot, or by fire(store=...) once
+        its time has passed). A clerk's own 暂停 is left alone."""
+        res = s.execute(update(SlotDelivery).where(
+            SlotDelivery.day == day.isoformat(), SlotDelivery.slot == slot, SlotDelivery.store_code == store,
+            SlotDelivery.status == "paused", SlotDelivery.reason == OPS_PAUSED)
+            .values(status="planned", reason=None).returning(SlotDelivery.id))
+        return len(res.all())
 
 
 def chain_view(chains: Chains, ch: Chain, tz, chat_id: str | None = None) -> dict:

@@ -1,7 +1,8 @@
 """The sidebar page (`/sidebar/…`): opened from a clerk's slot reminder or from the chat toolbar of a
 customer group; shows this slot's content for each of the clerk's groups, ready to send with one tap
 (JS-SDK sendChatMessage after wx.config and wx.agentConfig, signed with the jsapi tickets). Links are
-signed per (day, slot, clerk): a clerk sees their own groups only."""
+signed per (day, slot, clerk): a clerk sees their own groups only. The unsigned chat-toolbar page
+`/sidebar` (bot/broadcast/toolbar.py, WeCom login) shares the card, JS-SDK and tap functions at the end."""
 
 from __future__ import annotations
 
@@ -98,17 +99,10 @@ def sidebar_router(c) -> APIRouter:
         return [(x, names.get(x.chat_id)) for x in rows]
 
     def jsapi(url: str) -> dict | None:
-        try:
-            ts, nonce = int(c.clock.timestamp()), secrets.token_hex(8)
-            return {"corpid": c.settings.wecom.corp_id, "agentid": c.settings.wecom.agent_id, "timestamp": ts,
-                    "nonceStr": nonce, "signature": jsapi_signature(c.client.corp_ticket(), nonce, ts, url),
-                    "agentSignature": jsapi_signature(c.client.agent_ticket(), nonce, ts, url)}
-        except WeComError:
-            return None  # the page still works: copy the text by hand
+        return jsapi_config(c, url)
 
     def page_url(request: Request) -> str:
-        return c.settings.public_base_url.rstrip("/") + request.url.path + (
-            f"?{request.url.query}" if request.url.query else "")
+        return public_url(c, request)
 
     def build(day: str, slot: str, clerk: str, url: str, wecom: bool) -> dict:
         d = date.fromisoformat(day)
@@ -118,35 +112,12 @@ def sidebar_router(c) -> APIRouter:
         with reads() as s:
             stores = {x.store_code for x, _ in rows}
             store_rows = {st.code: st for st in s.scalars(select(Store).where(Store.code.in_(stores)))}
-            now = c.clock.now()
-            chains = list(s.scalars(select(Chain).where(Chain.store_code.in_(stores), Chain.status == "open",
-                                                        Chain.opens_at <= now, Chain.deadline > now)))
+            chains = open_chains(s, stores, c.clock.now())
         for x, g in rows:
-            entry = c.calendar.day(x.store_code, d).get(slot)
             st = store_rows.get(x.store_code)
-            if entry is None or st is None:
-                continue
-            ctx = c.calendar.context(
-                store={"code": st.code, "name": st.name, "benefit": st.benefit or ""}, clerk=clerk, day=d, slot=slot,
-                chains=[chain_view(c.chains, ch, tz, x.chat_id) for ch in chains if ch.store_code == st.code],
-                group={"chat_id": x.chat_id, "name": g.name if g else x.chat_id})
-            try:
-                rendered = c.calendar.render(entry, ctx)
-            except jinja2.TemplateError as e:   # live data the check could not foresee: this card only
-                log.error("sidebar %s %s %s: template fails for group %s (%s)", day, slot, clerk, x.chat_id, e)
-                cards.append({"chat_id": x.chat_id, "name": g.name if g else x.chat_id, "kind": entry.kind_zh,
-                              "text": "（这条内容的模板出错了，暂时不能发送，请联系运营检查日历）", "attachments": [],
-                              "sent": False, "broken": True, "tapped_at": ""})
-                continue
-            attachments = []
-            for a in rendered.attachments:
-                try:
-                    attachments.append(attachment_body(a, c.media, c.calendar))
-                except (WeComError, OSError):
-                    attachments.append({"msgtype": "unavailable"})
-            cards.append({"chat_id": x.chat_id, "name": g.name if g else x.chat_id, "kind": entry.kind_zh,
-                          "text": rendered.text, "attachments": attachments, "sent": x.status == "sent",
-                          "tapped_at": x.tapped_at.astimezone(tz).strftime("%H:%M") if x.tapped_at else ""})
+            card = group_card(c, d, slot, clerk, x.chat_id, g, st, chains, x) if st is not None else None
+            if card is not None:
+                cards.append(card)
         return {"title": f"{d.month}月{d.day}日 {slot}", "cards": cards, "js": jsapi(url), "wecom": wecom}
 
     def build_chain(token: str, clerk: str, url: str, wecom: bool) -> dict | None:
@@ -192,16 +163,6 @@ def sidebar_router(c) -> APIRouter:
                 SlotDelivery.day == day, SlotDelivery.slot == slot, SlotDelivery.owner == clerk,
                 SlotDelivery.mode == "reminder", SlotDelivery.opened_at.is_(None)).values(opened_at=c.clock.now()))
 
-    def mark_sent(day: str, slot: str, clerk: str, chat_id: str) -> bool:
-        now = c.clock.now()
-        with c.sessions.begin() as s:
-            res = s.execute(update(SlotDelivery).where(
-                SlotDelivery.day == day, SlotDelivery.slot == slot, SlotDelivery.owner == clerk,
-                SlotDelivery.chat_id == chat_id, SlotDelivery.mode == "reminder",
-                SlotDelivery.status.in_(("queued", "reminded", "sent")))
-                .values(status="sent", tapped_at=now, sent_at=now).returning(SlotDelivery.id))
-            return bool(res.all())
-
     @r.post("/sidebar/{day}/{hhmm}/{clerk}/sent")
     async def sent(day: str, hhmm: str, clerk: str, request: Request, sig: str = ""):
         """The clerk sent a group's content (sendChatMessage answered ok, or tapped 已发送 by hand)."""
@@ -215,12 +176,81 @@ def sidebar_router(c) -> APIRouter:
         except ValueError:
             return JSONResponse({"error": "请求格式不对"}, status_code=400)
         chat_id = str(body.get("chat_id") or "")
-        ok = await run_in_threadpool(mark_sent, day, slot, clerk, chat_id)
+        ok = await run_in_threadpool(mark_sent, c, day, slot, clerk, chat_id)
         if is_json:
             return JSONResponse({"ok": ok} if ok else {"error": "这个群不在本时段的提醒里"}, status_code=200 if ok else 404)
         return RedirectResponse(links.path(day, slot, clerk) + "&done=" + chat_id, status_code=303)
 
     return r
+
+
+# -- shared with the chat-toolbar sidebar (bot/broadcast/toolbar.py) -----------------------------
+def jsapi_config(c, url: str) -> dict | None:
+    """What wx.config and wx.agentConfig need for the page at `url`, or None when WeCom gives no
+    ticket (the page still works: copy the text by hand)."""
+    try:
+        ts, nonce = int(c.clock.timestamp()), secrets.token_hex(8)
+        return {"corpid": c.settings.wecom.corp_id, "agentid": c.settings.wecom.agent_id, "timestamp": ts,
+                "nonceStr": nonce, "signature": jsapi_signature(c.client.corp_ticket(), nonce, ts, url),
+                "agentSignature": jsapi_signature(c.client.agent_ticket(), nonce, ts, url)}
+    except WeComError:
+        return None
+
+
+def public_url(c, request: Request) -> str:
+    """The page's URL as the browser has it behind the proxy: what the JS-SDK signature covers."""
+    return c.settings.public_base_url.rstrip("/") + request.url.path + (
+        f"?{request.url.query}" if request.url.query else "")
+
+
+def open_chains(s, stores, now: datetime) -> list[Chain]:
+    """The stores' group-buys running now: what a template's `chains` lists."""
+    return list(s.scalars(select(Chain).where(Chain.store_code.in_(stores), Chain.status == "open",
+                                              Chain.opens_at <= now, Chain.deadline > now)))
+
+
+def group_card(c, d: date, slot: str, clerk: str, chat_id: str, g: GroupChat | None, st: Store,
+               chains: list[Chain], x: SlotDelivery | None) -> dict | None:
+    """One group's card: the slot's content rendered for that group (as the owner clerk's reminder
+    shows it), its attachments ready for sendChatMessage; None when the calendar has nothing then."""
+    entry = c.calendar.day(st.code, d).get(slot)
+    if entry is None:
+        return None
+    tz = c.settings.tz
+    name = g.name if g and g.name else chat_id
+    ctx = c.calendar.context(
+        store={"code": st.code, "name": st.name, "benefit": st.benefit or ""}, clerk=clerk, day=d, slot=slot,
+        chains=[chain_view(c.chains, ch, tz, chat_id) for ch in chains if ch.store_code == st.code],
+        group={"chat_id": chat_id, "name": name})
+    try:
+        rendered = c.calendar.render(entry, ctx)
+    except jinja2.TemplateError as e:   # live data the check could not foresee: this card only
+        log.error("sidebar %s %s %s: template fails for group %s (%s)", d, slot, clerk, chat_id, e)
+        return {"chat_id": chat_id, "name": name, "kind": entry.kind_zh,
+                "text": "（这条内容的模板出错了，暂时不能发送，请联系运营检查日历）", "attachments": [],
+                "sent": False, "broken": True, "tapped_at": ""}
+    attachments = []
+    for a in rendered.attachments:
+        try:
+            attachments.append(attachment_body(a, c.media, c.calendar))
+        except (WeComError, OSError):
+            attachments.append({"msgtype": "unavailable"})
+    sent = x is not None and x.status == "sent"
+    return {"chat_id": chat_id, "name": name, "kind": entry.kind_zh, "text": rendered.text,
+            "attachments": attachments, "sent": sent,
+            "tapped_at": x.tapped_at.astimezone(tz).strftime("%H:%M") if x is not None and x.tapped_at else ""}
+
+
+def mark_sent(c, day: str, slot: str, clerk: str, chat_id: str) -> bool:
+    """The owner's reminder row of (day, slot, group) is sent: the tap `今日`, stats and the report count."""
+    now = c.clock.now()
+    with c.sessions.begin() as s:
+        res = s.execute(update(SlotDelivery).where(
+            SlotDelivery.day == day, SlotDelivery.slot == slot, SlotDelivery.owner == clerk,
+            SlotDelivery.chat_id == chat_id, SlotDelivery.mode == "reminder",
+            SlotDelivery.status.in_(("queued", "reminded", "sent")))
+            .values(status="sent", tapped_at=now, sent_at=now).returning(SlotDelivery.id))
+        return bool(res.all())
 
 
 def chain_announcement(chains, chain: Chain, tz, chat_id: str | None) -> str:

@@ -165,7 +165,8 @@ class FunnelFact(SQLModel, table=True):
     leave (left a store group), clerk_deleted (the customer deleted the clerk)."""
 
     __tablename__ = "funnel_fact"
-    __table_args__ = (Index("ix_funnel_store_at", "store_code", "at"), Index("ix_funnel_ext", "external_userid"))
+    __table_args__ = (Index("ix_funnel_store_at", "store_code", "at"), Index("ix_funnel_ext", "external_userid"),
+                      Index("ix_funnel_at", "at"))   # /admin: today's facts of every store
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=200, unique=True)  # derived from the fact: a re-run adds nothing
@@ -401,3 +402,20 @@ class CorpTag(SQLModel, table=True):
     group_id: str = Field(max_length=64)
     created_by_bot: bool = False          # add_corp_tag made it: only such tags may the app edit or delete
     seen_at: datetime = _at(nullable=False)
+
+
+class AdminAction(SQLModel, table=True):
+    """An ops-console POST (bot.admin.actions): who did what to which store, when, and what came of it
+    (also when it found the thing already done: a double submit is on record as such)."""
+
+    __tablename__ = "admin_action"
+    __table_args__ = (Index("ix_admin_action_store_at", "store_code", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _at(nullable=False)
+    userid: str = Field(max_length=64)                   # the WeCom member; "admin_token" for Bearer
+    action: str = Field(max_length=16)                   # fire | pause | resume | sync | close_chain
+    store_code: str = Field(max_length=30)
+    target: str = Field(default="", max_length=64)       # the slot (HH:MM), the chain id
+    outcome: str = Field(max_length=200)                 # what the flash message said
+    detail: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

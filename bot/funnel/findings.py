@@ -46,9 +46,11 @@ def conversion_counts(s: Session, since: datetime, until: datetime, store_code: 
 
 
 def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSettings,
-                     chain_rate: float | None) -> StalledVerdict:
+                     chain_rate: float | None, *, looked_at_once: bool = False) -> StalledVerdict:
     """Adds count once they are older than the grace: a customer needs a minute to scan the
-    group QR of the welcome, and a burst of adds is handled before its joins are read."""
+    group QR of the welcome, and a burst of adds is handled before its joins are read.
+    looked_at_once: the rule is read on one occasion (a report), not on every add, so the
+    correction for how often it is looked at does not apply."""
     window_start = now - timedelta(minutes=cfg.window_minutes)
     ripe = now - timedelta(minutes=cfg.grace_minutes)
     last_join = s.scalar(select(func.max(FunnelFact.at)).where(FunnelFact.kind == "join",
@@ -62,7 +64,7 @@ def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSe
                           .order_by(FunnelFact.at)))
     own_adds, own_converted = conversion_counts(s, window_start - BASELINE, window_start, store_code)
     return stalled_verdict(adds, expected_conversion(own_adds, own_converted, chain_rate, cfg.min_rate), cfg,
-                           adds_per_day=own_adds / BASELINE.days)
+                           adds_per_day=0.0 if looked_at_once else own_adds / BASELINE.days)
 
 
 def chain_rate(s: Session, now: datetime, cfg: QrHealthSettings) -> float | None:
@@ -147,7 +149,7 @@ class QrHealth:
         return f
 
     def resolve(self, s: Session, store_code: str, kinds: tuple[str, ...], note: str | None = None, *,
-                seen_at: datetime | None = None) -> list[QrFinding]:
+                seen_at: datetime | None = None, works_at: datetime | None = None) -> list[QrFinding]:
         """Clear the store's open findings of these kinds; returns only those this call cleared. With
         `seen_at` (when the healthy state was read), a finding opened after it stays open: a pass
         that looked before a break must not clear it."""
@@ -160,6 +162,8 @@ class QrHealth:
                 .values(**values).returning(QrFinding.id).execution_options(synchronize_session=False))
         if seen_at is not None:
             stmt = stmt.where(QrFinding.opened_at <= seen_at)
+        if works_at is not None:   # the QR worked at works_at: only a finding of silence from before then is over
+            stmt = stmt.where(QrFinding.since <= works_at)
         ids = list(s.scalars(stmt))
         if not ids:
             return []
@@ -167,9 +171,15 @@ class QrHealth:
                               .execution_options(populate_existing=True)))
 
     def on_joins(self, s: Session, joins: list[FunnelFact], now: datetime) -> None:
-        """A QR join clears the store's stalled and reported findings (it works again), with an all-clear to its clerks."""
+        """A QR join clears the store's stalled and reported findings (it works again), with an all-clear to
+        its clerks: those whose silence began before the join (a sync can find a join hours after it,
+        older than the break)."""
+        latest: dict[str, datetime] = {}
+        for j in joins:
+            if j.kind == "join" and j.store_code:
+                latest[j.store_code] = max(j.at, latest.get(j.store_code, j.at))
         # sorted: two settles locking the same stores take them in one order (no deadlock)
-        for store_code in sorted({j.store_code for j in joins if j.kind == "join" and j.store_code}):
-            cleared = self.resolve(s, store_code, ("stalled", "reported"))
+        for store_code in sorted(latest):
+            cleared = self.resolve(s, store_code, ("stalled", "reported"), works_at=latest[store_code])
             if cleared:
                 alerts.notify(s, self.clock, cleared, resolved=True)

@@ -134,7 +134,7 @@ def qr_router(c) -> APIRouter:
             return refused, None
         add, store = found
         with c.sessions.begin() as s:
-            record_report(s, c.qr_health, c.clock, add, reason, c.clock.now())
+            record_report(s, c.qr_health, c.clock, add, reason, c.clock.now(), c.settings.tz)
         c.doorbell.ring()   # the alert, if it opened one, goes now
         return None, found
 

@@ -25,7 +25,7 @@ from bot.text import app_text
 KIND = "recovery_message"
 MAX_CUSTOMERS = 10_000   # add_msg_template: 「最多可传入1万个客户」 (doc 92135 via SDK text)
 
-TEXT = ("您好，抱歉！前几天您加我们之后，门店群的二维码出了问题，没能进群。现在已经修好了："
+TEXT = ("您好，抱歉！您加我们的时候，门店群的二维码出了问题，没能进群。现在已经修好了："
         "长按下面的二维码就能进「{store}」福利群，每天10点、12点、16点、20点群里有好价。")
 
 

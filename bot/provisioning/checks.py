@@ -37,9 +37,10 @@ def store_config(row: Store) -> StoreConfig:
 
 
 def refresh_counts(sessions: sessionmaker[Session], client: WeComClient, chat_ids: list[str],
-                   now: datetime) -> dict[str, int]:
+                   now: datetime, on_joins=None) -> dict[str, int]:
     """Member counts of a join way's groups: stored ones, read again from WeCom when more than an
-    hour old or near the scan cap (joins through callbacks keep them current in between)."""
+    hour old or near the scan cap (joins through callbacks keep them current in between). Joins a
+    read finds that no callback told of go to on_joins(session, facts, now), as a callback's do."""
     with reads_of(sessions)() as s:
         rows = {g.chat_id: g for g in s.scalars(select(GroupChat).where(GroupChat.chat_id.in_(chat_ids)))}
         stale = [ch for ch in chat_ids if ch not in rows or rows[ch].synced_at is None
@@ -57,7 +58,7 @@ def refresh_counts(sessions: sessionmaker[Session], client: WeComClient, chat_id
         if row is not None and row.member_version and row.member_version == info.get("member_version"):
             unchanged.append(chat_id)   # the members of the last read: only the read time moves
             continue
-        _record_members(sessions, info, now)
+        _record_members(sessions, info, now, on_joins)
     if unchanged:
         with sessions.begin() as s:
             s.execute(update(GroupChat).where(GroupChat.chat_id.in_(unchanged)).values(synced_at=now))
@@ -67,18 +68,22 @@ def refresh_counts(sessions: sessionmaker[Session], client: WeComClient, chat_id
     return {**counts, **dict.fromkeys(gone, SCAN_JOIN_LIMIT)}
 
 
-def _record_members(sessions: sessionmaker[Session], info: dict, now: datetime) -> None:
+def _record_members(sessions: sessionmaker[Session], info: dict, now: datetime, on_joins=None) -> None:
+    def record(s: Session) -> None:
+        joins = apply_member_list(s, info, now)
+        if joins and on_joins:
+            on_joins(s, joins, now)
     try:
         with sessions.begin() as s:
-            apply_member_list(s, info, now)
+            record(s)
     except IntegrityError:
         # another pass (or a join being settled) stored the same new members just now: merge into theirs
         with sessions.begin() as s:
-            apply_member_list(s, info, now)
+            record(s)
 
 
 def _wecom_problems(st: Store, sessions: sessionmaker[Session], client: WeComClient,
-                    now: datetime) -> dict[str, tuple[datetime, dict]]:
+                    now: datetime, on_joins=None) -> dict[str, tuple[datetime, dict]]:
     """What is wrong with the store's QR codes at WeCom: {kind: (since, evidence)}."""
     if not st.join_way_config_id or not st.contact_way_config_id:
         return {"gone": (now, {"detail": "门店还没有" + ("群二维码" if not st.join_way_config_id else "店员二维码")})}
@@ -90,7 +95,7 @@ def _wecom_problems(st: Store, sessions: sessionmaker[Session], client: WeComCli
             raise
         return {"gone": (now, {"detail": f"企业微信找不到门店的二维码配置（{e.errcode}）"})}
     chats = way.get("chat_id_list") or []
-    counts_by_chat = refresh_counts(sessions, client, chats, now)
+    counts_by_chat = refresh_counts(sessions, client, chats, now, on_joins)
     full = chats and all(counts_by_chat.get(ch, 0) >= SCAN_JOIN_LIMIT for ch in chats)
     if full and not int(way.get("auto_create_room", 0)):
         return {"full": (now, {"groups": len(chats), "auto_create_room": 0})}
@@ -135,7 +140,7 @@ def _check_store(st: Store, sessions: sessionmaker[Session], client: WeComClient
     # Taken before WeCom is read: a repair or a finding another pass commits after this is newer
     # than what this pass saw, so this pass neither reopens nor clears it.
     seen = clock.now()
-    problems = _wecom_problems(st, sessions, client, seen)
+    problems = _wecom_problems(st, sessions, client, seen, provisioner.on_joins)
     out = {"opened": 0, "resolved": 0, "repaired": 0}
     repaired_note = None
     if problems and st.clerks:   # a store whose last clerk left has nothing to repair with (no_clerk tells ops)

@@ -13,6 +13,7 @@ from bot.db.engine import reads_of
 from bot.db.models import GroupChat, Outbox, Store
 from bot.messaging.outbox import Executor, Outcome, default_decide
 from bot.provisioning.groups import REPAIR_KIND
+from bot.provisioning.checks import store_config
 from bot.provisioning.sync import pick_join_chats
 from bot.wecom.client import WeComClient, WeComError
 from bot.wecom.errcodes import CONFIG_GONE
@@ -56,4 +57,25 @@ def join_way_repair_executor(sessions: sessionmaker[Session]) -> Executor:
     return Executor(REPAIR_KIND, send, decide, settle)   # update_join_way overwrites: idempotent
 
 
-EXECUTORS = {REPAIR_KIND: join_way_repair_executor}
+SYNC_STORE_KIND = "sync_store"
+
+
+def sync_store_executor(sessions: sessionmaker[Session], provisioner_for) -> Executor:
+    """`sync` for one store, queued by the ops console (bot.admin.actions) so the request does not wait
+    on WeCom: Provisioner.sync_store, which reads and compares before it writes (a re-run changes
+    nothing), so a repeat is harmless. Its errors stay in the row's result, as `sync` prints them.
+    The store as the database has it, as the QR check's repair does: its clerks are the last full
+    sync's, after the staff step, so a departed clerk never comes back onto the QR (config edits reach
+    WeCom through `wecom-bot sync`)."""
+    def send(client: WeComClient, row: Outbox) -> dict:
+        with reads_of(sessions)() as s:
+            st = s.get(Store, row.payload["store_code"])
+        if st is None or st.closed_at is not None or not st.clerks:
+            return {"skipped": "store not open or without a clerk"}
+        result = provisioner_for(client).sync_store(store_config(st))   # with the container's hooks
+        return {"changes": result.changes, "error": result.error, "groups": result.groups}
+
+    return Executor(SYNC_STORE_KIND, send)
+
+
+EXECUTORS = {REPAIR_KIND: join_way_repair_executor, SYNC_STORE_KIND: sync_store_executor}

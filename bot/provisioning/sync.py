@@ -23,6 +23,7 @@ from bot.config import Store as StoreConfig
 from bot.db.engine import reads_of
 from bot.db.models import GroupChat, Outbox, QrFinding, SlotDelivery, Store
 from bot.funnel.facts import apply_member_list
+from bot.tags.marks import queue_rename, store_tag_name
 from bot.media import MediaLibrary
 from bot.provisioning.groups import StoreIndex, record_group, tell_ops_unassigned, unassigned
 from bot.welcome.executors import ensure_group_qr_media
@@ -92,6 +93,9 @@ class Provisioner:
                  ops_userids: Sequence[str] = ()):
         self.ops_userids = list(ops_userids)   # told of groups the store rule gives to no store
         self.roster = None      # bot.staff.roster.Roster (bootstrap): the staff step before the stores
+        # (session, join facts, now) -> None (bootstrap): what a join found here sets off, as a callback's would
+        self.on_joins = None
+        self.tags = None        # TagSettings (bootstrap): a renamed store's tag is renamed with it
         self.sessions = sessions
         self.reads = reads_of(sessions)
         self.client = client
@@ -223,9 +227,11 @@ class Provisioner:
         with self.sessions.begin() as s:
             self._upsert(s, cfg)
 
-    @staticmethod
-    def _upsert(s: Session, cfg: StoreConfig) -> None:
+    def _upsert(self, s: Session, cfg: StoreConfig) -> None:
         store = s.get(Store, cfg.code) or Store(code=cfg.code, name=cfg.name)
+        if self.tags is not None and store.name != cfg.name:
+            queue_rename(s, self.clock.now(), self.tags, cfg.code, store_tag_name(store),
+                         store_tag_name(Store(code=cfg.code, name=cfg.name)))
         store.name, store.clerks, store.benefit = cfg.name, list(cfg.clerks), cfg.benefit
         store.closed_at = None   # listed again: open again (sync recreates its QR codes)
         s.add(store)
@@ -254,8 +260,11 @@ class Provisioner:
                 elif d.store_code is None:
                     result.unassigned.append((g.chat_id, g.owner, d.why))
             s.flush()
+            found = []
             for info in infos:  # the member lists: a baseline for join attribution and the scan cap
-                apply_member_list(s, info, now)
+                found += apply_member_list(s, info, now)
+            if found and self.on_joins:   # joins whose callbacks never came; once, after every group's
+                self.on_joins(s, found, now)   # row: group rows, then store rows, as a join callback locks them
             groups = [GroupChat(chat_id=g.chat_id, store_code=g.store_code, owner=g.owner, name=g.name,
                                 member_count=g.member_count)
                       for g in s.scalars(select(GroupChat).where(GroupChat.chat_id.in_(mine)))]

@@ -21,6 +21,9 @@ from bot.sandbox.errors import SandboxError
 
 CODE_SECONDS = 300          # 「code只能使用一次，5分钟未被使用自动过期」
 STRANGER = "__stranger__"   # the picker's "not a member of this corp" choice
+# A one-click login (`wecom-bot demo --serve` prints one): /_sandbox/auth/as/{userid} remembers the
+# member in this cookie for a minute, and the next login page it reaches picks them at once. Not WeCom.
+AS_COOKIE = "sandbox_login_as"
 
 
 @dataclass
@@ -93,6 +96,12 @@ def auth_router(backend) -> APIRouter:
             return HTMLResponse("<!doctype html><meta charset=utf-8><p>" + html.escape("；".join(problems)),
                                 status_code=400)
         state = q.get("state", "")
+        auto = request.cookies.get(AS_COOKIE)
+        if auto and auto in backend.members():
+            resp = RedirectResponse("/_sandbox/auth/pick?" + urlencode(
+                {"userid": auto, "redirect_uri": redirect_uri, "state": state}), status_code=302)
+            resp.delete_cookie(AS_COOKIE, path="/")
+            return resp
         title = "企业微信授权登录（沙盒）" if kind == "oauth" else "企业微信扫码登录（沙盒）"
         items = "".join(
             f'<li><a id="pick-{html.escape(u)}" href="/_sandbox/auth/pick?{html.escape(urlencode({"userid": u, "redirect_uri": redirect_uri, "state": state}))}">'
@@ -111,6 +120,18 @@ def auth_router(backend) -> APIRouter:
     @r.get("/wwlogin/sso/login")
     def web_login(request: Request):
         return picker(request, "web")
+
+    @r.get("/_sandbox/auth/as/{userid}")
+    def login_as(userid: str, next: str = ""):
+        """One click: remember `userid`, then start the app's own login at `next` (its state cookie is
+        set as usual); the WeCom page it is sent to picks `userid` instead of asking."""
+        # a sandbox on loopback signs browsers in to a bot on loopback, nowhere else (no open redirect)
+        host = urlsplit(next).hostname if next.startswith(("http://", "https://")) else None
+        if userid not in backend.members() or host not in ("127.0.0.1", "localhost", "::1"):
+            return HTMLResponse("未知成员或 next 无效", status_code=400)
+        resp = RedirectResponse(next, status_code=302)
+        resp.set_cookie(AS_COOKIE, userid, max_age=60, path="/", httponly=True, samesite="lax")
+        return resp
 
     @r.get("/_sandbox/auth/pick")
     def pick(userid: str, redirect_uri: str, state: str = ""):

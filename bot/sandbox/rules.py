@@ -41,6 +41,9 @@ class Rules:
     groupchat_get_lag: float = 0.0        # seconds a new member stays invisible to groupchat/get
     late_answer_seconds: float = 6.0      # a `late` fault answers after this (past the client's timeout)
     callback_timeout: float = 5.0         # WeCom waits this long for the bot's answer
+    # CONFIRMED (doc 96466 as copied at blog.csdn.net/weixin_42524703/article/details/117647149, shared/
+    # wecom-facts.md §1.3): 「企业微信服务器在五秒内收不到响应会断掉连接，并且重新发起请求，总共重试三次」;
+    # deploy/nginx.conf budgets the proxy's callback timeouts inside it.
     redeliveries: int = 3                 # then redelivers the same payload up to this many times
     media_ttl: float = 3 * 86400
     broken_join_states: list[str] = field(default_factory=list)  # scanning these group QRs fails for all
@@ -123,6 +126,25 @@ class Rules:
     # edit/del of a tag the app did not create: the errcode is UNCONFIRMED (48002 API接口无权限调用 assumed;
     # one vendor page says 301002). A group left without tags disappears: UNCONFIRMED.
     not_own_tag_errcode: int = 48002
+    # -- the chat-toolbar sidebar /sidebar (bot/broadcast/toolbar.py, bot/static/toolbar.js). Client-side
+    # JS-SDK rules: nothing here plays them (the browser test stubs `wx`), so they are written down here.
+    # CONFIRMED getCurExternalChat (doc 98531 「获取当前客户群的群ID」, and its wx.invoke form): 「本接口必须
+    # 使用应用身份进行注册」 (wx.agentConfig, jsApiList naming it); 「从客户群或班级群的聊天工具栏进入页面时
+    # 才可成功调用」, getContext entry `group_chat_tools`; answers err_msg 'getCurExternalChat:ok' and
+    # `chatId`; 'fail no permission' / 'fail without context of external contact' otherwise. A self-built
+    # app needs 客户联系 permission (configured as an app that may call 客户联系).
+    # CONFIRMED getContext (doc 98419 ww.getContext, 94332 wx.qy.getContext): entry is one of contact_profile,
+    # single_chat_tools, group_chat_tools, chat_attachment, single_kf_tools, chain_single_chat_tools,
+    # chain_group_chat_tools, internal_group_chat_board, normal; old form wx.invoke('getContext') answers
+    # err_msg 'getContext:ok' and `entry` (doc 100338's example).
+    # CONFIRMED sendChatMessage (doc 96935 「分享消息到当前会话」, 93863, 98539): msgtype text / image / video /
+    # file / news / miniprogram; text.content, image|video|file.mediaid (素材管理 media ids, not 公众平台's),
+    # news {link, title, desc, imgUrl}, miniprogram {appid, title, imgUrl (a URL), page ending .html};
+    # enterChat (mobile ≥ 3.1.10); 「必须先成功调用agentConfig，否则调用时会报“no permission”错误」; from the
+    # single/group chat toolbar or the chat attachment bar only. The sidebar sends no miniprogram: the
+    # calendar's carries a pic_media_id and sendChatMessage wants an image URL.
+    # UNCONFIRMED: whether WeCom appends anything to the toolbar page's URL when it opens it (the JS-SDK
+    # signature covers the URL exactly; /sidebar signs what the request asked for, query included).
 
     def update(self, **changes) -> None:
         names = {f.name for f in fields(self)}

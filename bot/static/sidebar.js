@@ -32,20 +32,7 @@
   document.querySelectorAll('button.send').forEach(function (btn) {
     btn.addEventListener('click', function () {
       var card = cards.filter(function (c) { return c.chat_id === btn.dataset.chat; })[0];
-      var msgs = [{msgtype: 'text', text: {content: card.text}}].concat(card.attachments.map(function (a) {
-        if (a.msgtype === 'image' || a.msgtype === 'video' || a.msgtype === 'file') {
-          var m = {msgtype: a.msgtype}; m[a.msgtype] = {mediaid: a[a.msgtype].media_id}; return m; }
-        if (a.msgtype === 'link') return {msgtype: 'news', news: {link: a.link.url, title: a.link.title,
-                                                                  desc: a.link.desc || '', imgUrl: a.link.picurl || ''}};
-        return null;
-      }).filter(Boolean));
-      (function next(i) {
-        if (i >= msgs.length) { markSent(card.chat_id); return; }
-        var m = msgs[i]; m.enterChat = false;
-        wx.invoke('sendChatMessage', m, function (res) {
-          if (res.err_msg === 'sendChatMessage:ok') next(i + 1);
-        });
-      })(0);
+      window.sendCard(card, function () { markSent(card.chat_id); });   // bot/static/chat_message.js
     });
   });
 })();

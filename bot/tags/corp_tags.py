@@ -5,15 +5,15 @@ missing one is looked up with get_corp_tag_list and, when WeCom has none, create
 once; a tag deleted at WeCom (mark_tag answers 40068) is forgotten and found or created again.
 
 A tag someone made in the admin console under the same group and name is used as it is: marking
-with it is allowed, editing or deleting it is not (「应用仅能编辑和删除本应用创建的标签」), and the bot
-never edits or deletes tags."""
+with it is allowed, editing or deleting it is not (「应用仅能编辑和删除本应用创建的标签」). The bot
+renames the store tags it created when a store is renamed (edit_corp_tag) and never deletes tags."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.clock import Clock
@@ -54,6 +54,44 @@ class CorpTags:
             if found is None:
                 found = self._create(client, group, name, group_id)
             return found
+
+    def rename(self, client: WeComClient, group: str, old: str, new: str) -> dict:
+        """Give the tag `old` the name `new` at WeCom and in the cache. Nothing to do (and said so in
+        the result) when there is no such tag, it is not the bot's to edit, or `new` exists already:
+        the next mark then finds or creates `new` as usual."""
+        row = self.cached(group, old)
+        if row is None:
+            found, _ = self._look_up(client, group, old)
+            row = self.cached(group, old) if found else None
+        if row is None:
+            return {"renamed": False, "why": "no such tag"}
+        if not row.created_by_bot:
+            return {"renamed": False, "why": "made in the admin console: not the bot's to edit"}
+        if self.cached(group, new) is not None:
+            return {"renamed": False, "why": "a tag of the new name exists"}
+        try:
+            client.corp_tags.edit_corp_tag(tag_id=row.tag_id, name=new)
+        except WeComError as e:
+            if e.errcode == errcodes.INVALID_TAG_ID:
+                self.forget(group, old, row.tag_id)
+                return {"renamed": False, "why": "gone at WeCom"}
+            if e.errcode != errcodes.TAG_NAME_TAKEN:
+                raise
+            # taken: by this very tag when an earlier try's answer was lost, else by another tag
+            found, _ = self._look_up(client, group, new)
+            if found != row.tag_id:
+                raise
+            self.forget(group, old, row.tag_id)
+            with self.sessions.begin() as s:   # read back as found: it is still the bot's own
+                s.execute(update(CorpTag).where(CorpTag.group_name == group, CorpTag.name == new)
+                          .values(created_by_bot=True))
+            return {"renamed": True, "tag_id": row.tag_id, "adopted": True}
+        with self.sessions.begin() as s:
+            s.execute(delete(CorpTag).where(CorpTag.group_name == group, CorpTag.name == old))
+            insert_ignore(s, CorpTag, dict(group_name=group, name=new, tag_id=row.tag_id, group_id=row.group_id,
+                                           created_by_bot=True, seen_at=self.clock.now()))
+        log.info("corp tag %s/%s renamed %s (%s)", group, old, new, row.tag_id)
+        return {"renamed": True, "tag_id": row.tag_id}
 
     # -- WeCom --------------------------------------------------------------------------------
     def _look_up(self, client: WeComClient, group: str, name: str) -> tuple[str | None, str | None]:

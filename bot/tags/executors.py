@@ -12,13 +12,14 @@ from bot.clock import Clock
 from bot.db.models import Outbox
 from bot.messaging.outbox import Executor, Outcome, default_decide
 from bot.tags.corp_tags import CorpTags
-from bot.tags.marks import KIND
+from bot.tags.marks import KIND, RENAME
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
 
 log = logging.getLogger(__name__)
 
-# Nothing to tag any more: the relation is gone, or the ids are wrong. Not retried.
+# Nothing to tag any more: the relation is gone, or the ids are wrong. Done, not retried, not dead:
+# a clerk who left takes every pending mark of their customers with them.
 RELATION_GONE = frozenset({errcodes.NO_CONTACT_RELATION, errcodes.INVALID_EXTERNAL_USERID,
                            errcodes.INVALID_USERID, errcodes.USER_NOT_FOUND})
 # WeCom will not take another tag (corp limit) or this name: ops must act; the row stays dead for `dead --retry`.
@@ -44,8 +45,9 @@ def mark_tag_executor(sessions: sessionmaker[Session], clock: Clock) -> Executor
         return {"tag_id": tag_id}
 
     def decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
-        if err.errcode in RELATION_GONE:
-            return Outcome("dead", err.errcode, f"no relation to tag: {err.errmsg}")
+        if err.errcode in RELATION_GONE:   # the customer left the clerk, or the clerk left: nothing to tag, no failure
+            return Outcome("done", err.errcode, f"no relation to tag: {err.errmsg}",
+                           result={"skipped": "no relation"})
         if err.errcode in TAG_REFUSED:
             log.warning("mark_tag %s: WeCom refuses the tag %s/%s (%s %s)", row.key, row.payload["group"],
                         row.payload["tag"], err.errcode, err.errmsg)
@@ -57,4 +59,22 @@ def mark_tag_executor(sessions: sessionmaker[Session], clock: Clock) -> Executor
     return Executor(KIND, send, decide, None, idempotent=True)
 
 
-EXECUTORS = {KIND: mark_tag_executor}
+def rename_executor(sessions: sessionmaker[Session], clock: Clock) -> Executor:
+    """A renamed store's tag follows it; renaming twice to one name is one name: retried blindly."""
+    tags = CorpTags(sessions, clock)
+
+    def send(client: WeComClient, row: Outbox) -> dict:
+        p = row.payload
+        return tags.rename(client, p["group"], p["old"], p["new"])
+
+    def decide(err: WeComError, row: Outbox, now: datetime) -> Outcome:
+        if err.errcode in TAG_REFUSED or err.errcode == errcodes.NOT_OWN_TAG:
+            log.warning("rename_corp_tag %s: WeCom refuses (%s %s); new adds get a tag of the new name",
+                        row.key, err.errcode, err.errmsg)
+            return Outcome("dead", err.errcode, err.errmsg)
+        return default_decide(err, row, now)
+
+    return Executor(RENAME, send, decide, None, idempotent=True)
+
+
+EXECUTORS = {KIND: mark_tag_executor, RENAME: rename_executor}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.config import TagSettings
@@ -32,6 +33,25 @@ def store_tag_name(store: Store) -> str:
     if len(store.name) > MAX_NAME:
         log.warning("store %s: name over %d characters, its tag is %r", store.code, MAX_NAME, store.name[:MAX_NAME])
     return store.name[:MAX_NAME]
+
+
+RENAME = "rename_corp_tag"
+
+
+def queue_rename(s: Session, now: datetime, tags: TagSettings, store_code: str, old: str, new: str) -> bool:
+    """The store was renamed: its tag follows (the customers tagged with it keep their one store tag), and
+    marks still waiting carry the new name, so none of them makes the old tag again."""
+    old, new = old[:MAX_NAME], new[:MAX_NAME]
+    if not tags.enabled or old == new:
+        return False
+    for row in s.scalars(select(Outbox).where(Outbox.kind == KIND, Outbox.status.in_(("pending", "unknown")))):
+        p = row.payload or {}
+        if p.get("store_code") == store_code and p.get("group") == tags.store_group and p.get("tag") == old:
+            row.payload = {**p, "tag": new}
+    return insert_ignore(s, Outbox, dict(
+        key=f"{RENAME}:{store_code}:{new}:{now:%Y%m%d%H%M%S}", kind=RENAME, status="pending", created_at=now, deadline=None,
+        next_attempt_at=now, attempts=0, priority=PRIORITY,
+        payload={"group": tags.store_group, "old": old, "new": new, "store_code": store_code}))
 
 
 def queue_mark(s: Session, now: datetime, *, key: str, userid: str, external_userid: str, group: str, tag: str,

@@ -34,6 +34,7 @@ INVALID_TAG_ID = 40068            # 不合法的标签ID: 「标签ID未指定�
 TAG_NAME_TAKEN = 40071            # 不合法的标签名字 (some SDK lists: 「标签名字已经存在」)
 TAG_NAME_LENGTH = 40072           # 不合法的标签名字长度
 CORP_TAG_LIMIT = 40126            # 企业标签个数达到上限
+NOT_OWN_TAG = 48002               # edit_corp_tag of a tag another app or the console made: UNCONFIRMED (sandbox rules)
 
 # Client-side codes (negative, beyond WeCom's own -1): the call never got a WeCom answer.
 HTTP_ERROR = -900                 # non-2xx HTTP status

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,11 +164,14 @@ def test_demo_runs_and_summarises():
     assert "tapped 「扫码进不了群？告诉店员」" in out and "customers the bot alerted zhaoliu" in out
     assert "顾客反馈扫码进不了群" in out
     assert "all-clear to zhaoliu" in out and "QR findings: none open" in out
-    assert "2 customers it stranded get the working group QR again" in out
+    assert "after 5 customers the bot alerted zhaoliu" in out and "【顾客进不了群】" in out
+    assert "the 5 customers it stranded get the working group QR again" in out   # the silent adds before the reports too
+    assert "6b. The morning digest" in out and "【早报】" in out
     assert "the counter QR of SZ002 now reaches lisi" in out and "2/2 of wangwu's groups now belong to lisi" in out
     assert "mass message tasks by sender: lisi 1, zhangsan 1, zhaoliu 1" in out
     assert "group-QR page             2 opened, 2 reported" in out and "handover                  wangwu → lisi" in out
     assert "HTTP [200, 200, 200]" in out
+    assert re.search(r"ops console +http://127\.0\.0\.1:\d+/admin +\(WeCom login through the sandbox, as zhangsan", out)
 
 
 def _gave_up_rows(db_url):

@@ -198,6 +198,20 @@ def test_the_scheduler_runs_the_digest_at_digest_time(harness):
     assert [str(f) for f in job.trigger.fields if f.name in ("hour", "minute")] == ["9", "30"]
 
 
+def test_a_scheduler_that_takes_over_after_digest_time_still_sends_this_mornings(harness):
+    """A new cron job's next run is tomorrow's: a holder that takes over at 10:00 sends the 09:30
+    digest then (send_digest is idempotent per day and recipient: what the old holder sent stays sent)."""
+    harness.clock.advance(60 * 60)                        # Monday 09:00 → 10:00
+    s = Scheduler(harness.c)
+    s._add_jobs()
+    today = harness.clock.now().astimezone(harness.c.settings.tz).date()
+    assert s.aps.get_job(f"catch_up:{today}:digest") is not None
+    harness.clock.advance(3 * 3600)                       # 13:00: past the three hours' grace
+    late = Scheduler(harness.c)
+    late._add_jobs()
+    assert late.aps.get_job(f"catch_up:{harness.clock.now().astimezone(harness.c.settings.tz).date()}:digest") is None
+
+
 # -- the sandbox's statistics ------------------------------------------------------------------
 def test_sandbox_statistic_enforces_wecoms_bounds(synced):
     h = synced

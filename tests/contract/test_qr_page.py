@@ -20,6 +20,15 @@ def welcomed(h, store: str = "SZ001") -> tuple[str, str]:
     return d.fields["ExternalUserID"], url
 
 
+def outage(h, adds: int = 6, store: str = "SZ001") -> list[tuple[str, str]]:
+    """The store's QR stops working; `adds` customers add its clerk and cannot join, and their adds
+    ripen past qr_health.grace_minutes (the silence since the last join that reports need)."""
+    h.backend.break_qr(store, "nobody")
+    stranded = [welcomed(h, store) for _ in range(adds)]
+    h.clock.advance(6 * 60)
+    return stranded
+
+
 def facts(h, kind_prefix: str) -> list[FunnelFact]:
     with h.c.sessions() as s:
         return list(s.scalars(select(FunnelFact).where(FunnelFact.kind.like(f"{kind_prefix}%"))))
@@ -76,19 +85,57 @@ def test_a_report_answers_202_with_the_clerks_name_and_counts_once(synced):
     assert httpx.post(url + "/report", content=b"[1]", headers={"content-type": "application/json"}).status_code == 422
 
 
-def test_one_report_from_a_healthy_store_raises_no_alarm(synced):
+def test_one_report_from_a_healthy_store_raises_no_alarm_but_the_clerk_can_help_that_customer(synced):
     h = synced
-    _, url = welcomed(h)
+    ext, url = welcomed(h)
     httpx.post(url + "/report", data={"reason": "other"})
+    httpx.post(url + "/report", data={"reason": "error"})             # the same customer again: nothing more
     h.pump()
     assert not findings(h, "reported")
     assert not [t for t in texts_to(h, "zhangsan") if "二维码异常" in t]
+    (help_,) = [t for t in texts_to(h, "zhangsan") if "顾客进不了群" in t]   # to the clerk this customer added
+    assert f"尾号{ext[-4:]}" in help_ and "其他原因" in help_ and "拉进群" in help_
+
+
+def test_one_report_and_six_silent_adds_are_not_enough_nine_are(synced):
+    h = synced
+    stranded = outage(h, 6)
+    httpx.post(stranded[0][1] + "/report", data={"reason": "error"})
+    assert not findings(h, "reported")          # 0.4^6 ≈ 0.004: a healthy store shows that now and then
+    more = [welcomed(h) for _ in range(3)]
+    h.clock.advance(6 * 60)
+    httpx.post(more[0][1] + "/report", data={"reason": "error"})
+    (f,) = findings(h, "reported")              # 0.4^9 < qr_health.report_alpha
+    assert f.open_key is not None
+
+
+def test_two_reports_with_a_join_between_them_raise_no_alarm(synced):
+    h = synced
+    (_, url_a), *_ = [welcomed(h) for _ in range(6)]
+    httpx.post(url_a + "/report", data={"reason": "error"})
+    h.driver.member_joins_group("SZ001")         # somebody got in: the QR worked after that report
+    h.clock.advance(5)
+    h.pump()
+    (_, url_b), *_ = [welcomed(h) for _ in range(6)]
+    h.clock.advance(6 * 60)
+    httpx.post(url_b + "/report", data={"reason": "error"})
+    assert not findings(h, "reported")
+
+
+def test_two_reports_wait_for_enough_silence(synced):
+    h = synced
+    stranded = outage(h, 2)
+    for _, url in stranded:
+        httpx.post(url + "/report", data={"reason": "error"})
+    assert not findings(h, "reported")           # two adds: too little to tell from two stray reports
+    assert len([t for t in texts_to(h, "zhangsan") if "顾客进不了群" in t]) == 0   # (not pumped yet)
+    h.pump()
+    assert len([t for t in texts_to(h, "zhangsan") if "顾客进不了群" in t]) == 2    # each reporter's clerk hears
 
 
 def test_two_customers_reporting_alert_the_clerks_at_once(synced):
     h = synced
-    h.backend.break_qr("SZ001", "nobody")
-    (_, url_a), (_, url_b) = welcomed(h), welcomed(h)
+    (_, url_a), (_, url_b), *_ = outage(h, 6)
     httpx.post(url_a + "/report", data={"reason": "error"})
     assert not findings(h, "reported")
     httpx.post(url_b + "/report", json={"reason": "error"})
@@ -101,21 +148,20 @@ def test_two_customers_reporting_alert_the_clerks_at_once(synced):
 
 def test_the_all_clear_brings_back_exactly_the_stranded_customers(synced):
     h = synced
-    h.backend.break_qr("SZ001", "nobody")
-    stranded = [welcomed(h) for _ in range(3)]
-    for _, url in stranded[:2]:
+    stranded = outage(h, 6)
+    for _, url in stranded[3:5]:                  # the silent adds before the reporters were stranded too
         httpx.post(url + "/report", data={"reason": "error"})
     h.pump()
     (f,) = findings(h, "reported")
     h.backend.break_qr("SZ001", "fix")
-    joiner = stranded[2][0]                       # one of them tries again and gets in: this join clears it
+    joiner = stranded[5][0]                       # one of them tries again and gets in: this join clears it
     h.driver.member_joins_group("SZ001", joiner)
     h.clock.advance(5)
     h.pump()
     (f,) = findings(h, "reported")
     assert f.resolved_at is not None
     (mass,) = [t for t in h.backend.templates.values() if t["chat_type"] == "single"]
-    assert sorted(mass["targets"]) == sorted(ext for ext, _ in stranded[:2])   # not the one who joined
+    assert sorted(mass["targets"]) == sorted(ext for ext, _ in stranded[:5])   # not the one who joined
     assert mass["creator"] in ("zhangsan", "zhaoliu") and "修好了" in mass["text"]["content"]
     assert [a["msgtype"] for a in mass["attachments"]] == ["image"]             # the working group QR
     assert any("请确认群发" in t for t in texts_to(h, mass["creator"]))
@@ -129,9 +175,8 @@ def test_the_all_clear_brings_back_exactly_the_stranded_customers(synced):
 @pytest.mark.parametrize("fault", ["drop"])
 def test_a_recovery_message_whose_answer_was_lost_is_not_made_twice(synced, fault):
     h = synced
-    h.backend.break_qr("SZ001", "nobody")
-    stranded = [welcomed(h) for _ in range(2)]
-    for _, url in stranded:
+    stranded = outage(h, 6)
+    for _, url in stranded[:2]:
         httpx.post(url + "/report", data={"reason": "error"})
     h.backend.break_qr("SZ001", "fix")
     h.backend.inject_fault("externalcontact/add_msg_template", fault)

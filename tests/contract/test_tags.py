@@ -4,7 +4,7 @@ on every add through its QR, 已进群 once the customer joins its group, via ma
 from sqlalchemy import select
 
 from bot.db.engine import reads_of
-from bot.db.models import CorpTag, Outbox
+from bot.db.models import CorpTag, Outbox, QrFinding
 from bot.tags.marks import DELAY
 
 STORE_GROUP, JOINED_GROUP, JOINED = "门店", "社群", "已进群"
@@ -119,7 +119,8 @@ def test_no_tag_without_a_store_qr_or_for_a_customer_who_left_the_clerk(synced):
     h.driver.member_deletes_clerk(d.fields["ExternalUserID"], d.fields["UserID"])   # before the bot tags them
     pump(h)
     (row,) = mark_rows(h)
-    assert row.status == "dead" and row.last_errcode == 84061          # nothing to tag: not retried
+    assert row.status == "done" and row.result == {"skipped": "no relation"}   # nothing to tag: not retried
+    assert row.last_errcode == 84061
 
 
 def test_tags_can_be_switched_off(harness):
@@ -129,3 +130,74 @@ def test_tags_can_be_switched_off(harness):
     ext, clerk = added(h, "SZ001")
     pump(h)
     assert mark_rows(h) == [] and h.backend.tags_of(ext, clerk) == []
+
+
+def test_a_join_whose_callback_was_lost_is_tagged_and_clears_a_finding_when_the_qr_pass_finds_it(synced):
+    h = synced
+    ext, clerk = added(h, "SZ001")
+    pump(h)
+    now = h.clock.now()
+    with h.c.sessions.begin() as s:   # the store looked stalled
+        h.c.qr_health.open(s, "SZ001", "stalled", now, {"adds": 8, "p": 0.6, "chance": 0.0007,
+                                                       "window_minutes": 120}, seen_at=now)
+    h.backend.member_scans_join_way("SZ001", ext)       # the customer joins; WeCom's callback never arrives
+    h.clock.advance(2 * 3600)                           # member counts an hour old: the pass reads the groups
+    h.c.check_qr(["SZ001"])
+    pump(h)
+    assert h.backend.tags_of(ext, clerk) == ["已进群", "深圳科技园店"]
+    with reads_of(h.c.sessions)() as s:
+        (f,) = s.scalars(select(QrFinding).where(QrFinding.store_code == "SZ001"))
+    assert f.resolved_at is not None and f.open_key is None
+    assert any("【已恢复】" in m["text"]["content"] for m in h.backend.app_messages
+               if m["msgtype"] == "text" and m["touser"] == clerk)
+
+
+def test_a_renamed_store_renames_its_tag_so_its_customers_keep_one_store_tag(synced):
+    h = synced
+    ext, clerk = added(h, "SZ001")
+    pump(h)
+    waiting, waiting_clerk = added(h, "SZ001")                          # its mark still queued, with the old name
+    h.pump()
+    (cfg,) = [st for st in h.cfg.stores if st.code == "SZ001"]
+    h.c.provisioner().sync([cfg.model_copy(update={"name": "深圳科技园旗舰店"})])
+    pump(h)
+    assert h.backend.tags_of(ext, clerk) == ["深圳科技园旗舰店"]          # the same tag, renamed at WeCom
+    assert h.backend.tags_of(waiting, waiting_clerk) == ["深圳科技园旗舰店"]   # not the old name made again
+    made = h.backend.calls["externalcontact/add_corp_tag"]
+    ext2, clerk2 = added(h, "SZ001")
+    pump(h)
+    assert h.backend.tags_of(ext2, clerk2) == ["深圳科技园旗舰店"]
+    assert h.backend.calls["externalcontact/add_corp_tag"] == made       # no second tag for the store
+    assert h.backend.calls["externalcontact/edit_corp_tag"] == 1
+
+
+def test_a_store_tag_made_in_the_admin_console_is_not_renamed(synced):
+    h = synced
+    h.backend.admin_adds_tags(STORE_GROUP, ["深圳科技园店"])
+    ext, clerk = added(h, "SZ001")
+    pump(h)
+    (cfg,) = [st for st in h.cfg.stores if st.code == "SZ001"]
+    h.c.provisioner().sync([cfg.model_copy(update={"name": "深圳科技园旗舰店"})])
+    pump(h)
+    assert h.backend.calls["externalcontact/edit_corp_tag"] == 0         # not the bot's to edit
+    with reads_of(h.c.sessions)() as s:
+        (rename,) = s.scalars(select(Outbox).where(Outbox.kind == "rename_corp_tag"))
+    assert rename.status == "done" and rename.result["renamed"] is False
+
+
+def test_a_join_found_late_that_is_older_than_the_silence_does_not_clear_it(synced):
+    h = synced
+    ext, _ = added(h, "SZ001")
+    pump(h)
+    h.backend.member_scans_join_way("SZ001", ext)       # joined at 09:00; WeCom's callback never arrives
+    h.clock.advance(3600)
+    now = h.clock.now()
+    with h.c.sessions.begin() as s:                     # the QR broke after that join
+        h.c.qr_health.open(s, "SZ001", "stalled", now, {"adds": 8, "p": 0.6, "chance": 0.0007,
+                                                       "window_minutes": 120}, seen_at=now)
+    h.clock.advance(2 * 3600)
+    h.c.check_qr(["SZ001"])                             # finds the 09:00 join now
+    pump(h)
+    with reads_of(h.c.sessions)() as s:
+        (f,) = s.scalars(select(QrFinding).where(QrFinding.store_code == "SZ001"))
+    assert f.open_key is not None and f.resolved_at is None

@@ -7,8 +7,8 @@ MAX_NAME = 30
 
 class TagAPI(BaseWeChatAPI):
     """企业客户标签 — 管理企业标签 (doc 92117, read from its 代开发 copy 96320) and 编辑客户企业标签
-    mark_tag (doc 92118, read from 92697). 「应用仅能编辑和删除本应用创建的标签」: the bot only adds
-    and marks, never edits or deletes."""
+    mark_tag (doc 92118, read from 92697). 「应用仅能编辑和删除本应用创建的标签」: the bot adds and
+    marks, renames a store tag it created when the store is renamed, and never deletes."""
 
     def get_corp_tag_list(self, *, tag_ids: list[str] | None = None, group_ids: list[str] | None = None) -> list[dict]:
         """The tag groups with their tags. Neither filter: all of them; both: group_id alone counts."""
@@ -28,6 +28,11 @@ class TagAPI(BaseWeChatAPI):
         else:
             data["group_name"] = (group_name or "")[:MAX_NAME]
         return self._post("externalcontact/add_corp_tag", data=data)["tag_group"]
+
+    def edit_corp_tag(self, *, tag_id: str, name: str) -> None:
+        """Renames a tag (or group) this app created: 「id 标签或标签组的id」, 「name 新的标签或标签组名称，
+        最长为30个字符」 (doc 92117)."""
+        self._post("externalcontact/edit_corp_tag", data={"id": tag_id, "name": name[:MAX_NAME]})
 
     def mark_tag(self, *, userid: str, external_userid: str, add_tag: list[str] | None = None,
                  remove_tag: list[str] | None = None) -> None:
