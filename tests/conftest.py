@@ -70,6 +70,22 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture
+def sqlite_url(tmp_path):
+    """For a test of what only SQLite does (one `serve` per file)."""
+    return f"sqlite:///{tmp_path / 'bot.db'}"
+
+
+@pytest.fixture
+def pg_url():
+    """For a test of what only PostgreSQL allows (several processes): fails, not skips, under CI=true."""
+    admin, schema, url = _pg_schema_url()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
 def engine(db_url):
     from bot.db.migrate import upgrade
 

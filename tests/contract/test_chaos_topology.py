@@ -93,9 +93,9 @@ def statuses(sessions, model, column=None) -> dict:
         return dict(s.execute(select(column, func.count()).group_by(column)).all())
 
 
-def test_two_web_two_workers_one_scheduler_killed_mid_slot_deliver_everything_once(db_url, tmp_path):
-    if db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL only: on SQLite one serve runs per database file (tests/contract/test_serve_roles.py)")
+@pytest.mark.pg   # PostgreSQL only: on SQLite one serve runs per database file (tests/contract/test_serve_roles.py)
+def test_two_web_two_workers_one_scheduler_killed_mid_slot_deliver_everything_once(pg_url, tmp_path):
+    db_url = pg_url
     if datetime.now(SHANGHAI).strftime("%H:%M") >= "23:30":
         pytest.skip("the slot is today's current minute: too close to midnight in Shanghai to finish today")
     stores = [{"code": f"S{i:04d}", "name": f"门店{i}", "clerks": [f"c{i:04d}"]} for i in range(N_STORES)]

@@ -97,10 +97,8 @@ def welcomed(backend, driver: Driver, state: str) -> bool:
     return wait_until(lambda: any(w["external_userid"] == ext for w in backend.welcomes), 30)
 
 
-def test_a_second_serve_on_one_sqlite_file_refuses_and_the_first_keeps_serving(db_url, tmp_path):
-    if not db_url.startswith("sqlite"):
-        pytest.skip("SQLite only: on PostgreSQL several serve processes are the point "
-                    "(test_web_and_worker_processes_serve_side_by_side_on_postgresql)")
+def test_a_second_serve_on_one_sqlite_file_refuses_and_the_first_keeps_serving(sqlite_url, tmp_path):
+    db_url = sqlite_url
     backend, sandbox, _settings, _bot = seeded(db_url, tmp_path)
     first = Served(_bot.cfg, _bot.port, tmp_path / "serve-all.log", "all", db_url)
     try:
@@ -126,10 +124,9 @@ def test_a_second_serve_on_one_sqlite_file_refuses_and_the_first_keeps_serving(d
         sandbox.stop()
 
 
-def test_web_and_worker_processes_serve_side_by_side_on_postgresql(db_url, tmp_path):
-    if db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL only: on SQLite a second serve refuses "
-                    "(test_a_second_serve_on_one_sqlite_file_refuses_and_the_first_keeps_serving)")
+@pytest.mark.pg
+def test_web_and_worker_processes_serve_side_by_side_on_postgresql(pg_url, tmp_path):
+    db_url = pg_url
     backend, sandbox, _settings, bot = seeded(db_url, tmp_path)
     assert finished(cli(bot.cfg, "db", "upgrade"))[0][0] == 0     # so the three do not all wait on the migrate lock
     procs = [Served(bot.cfg, bot.port, tmp_path / "web-1.log", "web", db_url),
