@@ -257,13 +257,15 @@ def _chain_race(h: Harness, stock: int = 50, crowd: int = 150) -> str:
 
 
 def _slots(h: Harness) -> str:
-    """The day's four slots, fired one after the other (the demo's day is compressed)."""
-
-
+    """Tomorrow's four slots, fired now one after the other (the demo's day is compressed). Tomorrow's,
+    so that the calendar's content is still valid whatever the hour: an entry's `expires` (say 14:00
+    for the 12:00 offer) would expire today's mass messages of a demo run in the afternoon."""
     c, backend = h.c, h.backend
-    today = c.clock.now().date()
-    print(f"\n6b. The day's broadcast slots from content_calendar/ (receive cap {c.settings.broadcast.receive_cap}: "
-          "one mass message per group a day, the other slots reach the owner as a reminder)")
+    today = c.clock.now().astimezone(c.settings.tz).date() + timedelta(days=1)
+    print(f"\n6b. Tomorrow's broadcast slots from content_calendar/, fired now (receive cap "
+          f"{c.settings.broadcast.receive_cap}: one mass message per group a day, the other slots reach the owner "
+          "as a reminder)")
+    senders: Counter = Counter()
     for slot in c.settings.broadcast.slots:
         before = len(backend.templates)
         report = run_slot(c, slot, today)
@@ -271,11 +273,14 @@ def _slots(h: Harness) -> str:
         made = list(backend.templates.values())[before:]
         print(f"   {slot}  {report.mass} groups by mass message ({len(made)} owner tasks), "
               f"{report.reminders} by reminder to {len(report.reminded_owners)} clerks")
+        senders.update(t["creator"] for t in made)
         if made:
             print("      mass message tasks by sender: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(Counter(t["creator"] for t in made).items())))
         for t in made[:-1]:          # the owners tap 发送 in WeCom — all but one, who is reminded later
             backend.confirm_groupmsg(t["msgid"])
+    print("   the day's mass message tasks by sender (one mass message per group a day): "
+          + ", ".join(f"{k} {v}" for k, v in sorted(senders.items())))
     card = next(m for m in backend.app_messages if m["msgtype"] == "textcard")
     url = card["textcard"]["url"]
     page = httpx.get(url, headers={"user-agent": "wxwork/4.1 demo"})
