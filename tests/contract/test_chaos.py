@@ -27,7 +27,7 @@ from bot.clock import SystemClock
 from bot.config import Settings
 from bot.db.engine import make_engine, make_session_factory
 from bot.db.migrate import upgrade
-from bot.db.models import GroupChat, Outbox, SlotDelivery, Store, Welcome
+from bot.db.models import Event, GroupChat, Outbox, SlotDelivery, Store, Welcome
 from bot.sandbox.backend import WeComBackend
 from bot.sandbox.driver import Driver
 from bot.sandbox.routes import create_sandbox_app
@@ -152,6 +152,9 @@ def test_kill9_in_a_300_add_burst_loses_no_welcome_and_sends_none_twice(db_url, 
             left = s.scalar(select(func.count()).select_from(Outbox).where(
                 Outbox.kind == "send_welcome_msg", Outbox.status.in_(("pending", "running"))))
             stranded = s.scalar(select(func.count()).select_from(Outbox).where(Outbox.status == "running"))
+            # adds stored and acknowledged whose welcome row was not made yet: left behind as well
+            unhandled = s.scalar(select(func.count()).select_from(Event).where(
+                Event.kind == "change_external_contact/add_external_contact", Event.status.in_(("pending", "running"))))
         bot.start()
         acked = [d for d in results if d.acked]
         assert len(acked) > 60 and left > 0, (len(acked), left)
@@ -176,7 +179,7 @@ def test_kill9_in_a_300_add_burst_loses_no_welcome_and_sends_none_twice(db_url, 
         assert not lost, f"recorded expired though WeCom delivered: {lost}"
         # what the kill left behind was mostly still welcomed: the restart took it back inside the window
         welcomed = sum(st in ("sent", "already") for st in status.values())
-        assert welcomed >= len(acked) - left, (welcomed, len(acked), left)
+        assert welcomed >= len(acked) - left - unhandled, (welcomed, len(acked), left, unhandled)
         engine.dispose()
     finally:
         bot.stop()
