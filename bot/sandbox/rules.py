@@ -19,7 +19,11 @@ class Rules:
     welcome_code_ttl: float = 20.0        # send_welcome_msg window
     scan_join_limit: int = 200            # scan-to-join stops here (groups hold 500)
     group_capacity: int = 500
-    per_api_per_minute: int = 10_000      # per corp, per API → 45009 past it
+    # Per corp, per API: 10,000/min (150,000/h), 45009 past it: doc 90312 via its public copy doc 90454
+    # (shared/wecom-facts.md §8.2). How WeCom draws the minute is UNCONFIRMED: here a clock minute,
+    # counted as calls arrive, so a call the bot let out at 59.9 s that lands at 00.1 s counts in the
+    # next minute (the bot's pacers keep 2 s of slack for it: bot/wecom/pacer.py).
+    per_api_per_minute: int = 10_000
     api_limits: dict[str, int] = field(default_factory=dict)  # per-endpoint overrides
     # message/send, doc 90236: 「每应用对同一个成员不可超过30次/分钟，1000次/小时，超过部分会被丢弃不下发」.
     app_msg_per_member_minute: int = 30

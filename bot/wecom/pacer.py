@@ -38,11 +38,13 @@ class NoRoom(Exception):
 
 
 class Pacer:
-    """At most `per_minute` calls per endpoint in any 60 s (a sliding window of call times) and
-    `per_hour` in each clock hour (0: no hourly limit)."""
+    """At most `per_minute` calls per endpoint in any 60 s and `straddle_seconds` more (a sliding window
+    of call times: WeCom's minute counts calls as they arrive, and a call may leave a second or two
+    before it lands) and `per_hour` in each clock hour (0: no hourly limit)."""
 
-    def __init__(self, clock: Clock, per_minute: int, per_hour: int = 0):
+    def __init__(self, clock: Clock, per_minute: int, per_hour: int = 0, straddle_seconds: float = 2.0):
         self.clock = clock
+        self.window = WINDOW + straddle_seconds
         self.per_minute = per_minute
         self.per_hour = per_hour
         self._calls: dict[str, deque[float]] = {}
@@ -59,7 +61,7 @@ class Pacer:
             with self._lock:
                 now = self.clock.timestamp()
                 calls = self._calls.setdefault(endpoint, deque())
-                while calls and calls[0] <= now - WINDOW:
+                while calls and calls[0] <= now - self.window:
                     calls.popleft()
                 hour = int(now // HOUR) * HOUR
                 start, in_hour = self._hours.get(endpoint, (hour, 0))
@@ -72,7 +74,7 @@ class Pacer:
                     self._hours[endpoint] = (hour, in_hour + 1)
                     return
                 else:
-                    wait = calls[0] + WINDOW - now + 0.001
+                    wait = calls[0] + self.window - now + 0.001
                 if wait > max_wait:
                     raise NoRoom(wait)
                 self.waited += wait
@@ -80,9 +82,10 @@ class Pacer:
 
 
 # One statement, so one round trip on an autocommit connection: count the call in its minute if the
-# minute has room, and then in its hour if the hour has room. The minute is counted before the hour
-# is known to have room; when the hour is full that extra count is harmless (nobody gets a call in
-# until the hour ends, and the minute row is not read after its minute).
+# minute has room, then in the next minute if the call may land there (`:straddles`) and it has room,
+# then likewise in its hour and the next. A count made before a later window is found full is
+# harmless: that window's callers wait for it to end, and a minute or hour about to end is not read
+# again.
 _TAKE = text("""
 WITH m AS (
     INSERT INTO wecom_rate (corp_id, endpoint, window_seconds, window_start, calls)
@@ -90,14 +93,28 @@ WITH m AS (
     ON CONFLICT (corp_id, endpoint, window_seconds, window_start)
     DO UPDATE SET calls = wecom_rate.calls + 1 WHERE wecom_rate.calls < :per_minute
     RETURNING calls
+), m2 AS (
+    INSERT INTO wecom_rate (corp_id, endpoint, window_seconds, window_start, calls)
+    SELECT :corp, :endpoint, 60, :minute + 60, 1 WHERE :straddles AND EXISTS (SELECT 1 FROM m)
+    ON CONFLICT (corp_id, endpoint, window_seconds, window_start)
+    DO UPDATE SET calls = wecom_rate.calls + 1 WHERE wecom_rate.calls < :per_minute
+    RETURNING calls
 ), h AS (
     INSERT INTO wecom_rate (corp_id, endpoint, window_seconds, window_start, calls)
-    SELECT :corp, :endpoint, 3600, :hour, 1 WHERE EXISTS (SELECT 1 FROM m)
+    SELECT :corp, :endpoint, 3600, :hour, 1
+    WHERE EXISTS (SELECT 1 FROM m) AND (NOT :straddles OR EXISTS (SELECT 1 FROM m2))
+    ON CONFLICT (corp_id, endpoint, window_seconds, window_start)
+    DO UPDATE SET calls = wecom_rate.calls + 1 WHERE wecom_rate.calls < :per_hour
+    RETURNING calls
+), h2 AS (
+    INSERT INTO wecom_rate (corp_id, endpoint, window_seconds, window_start, calls)
+    SELECT :corp, :endpoint, 3600, :hour + 3600, 1 WHERE :straddles_hour AND EXISTS (SELECT 1 FROM h)
     ON CONFLICT (corp_id, endpoint, window_seconds, window_start)
     DO UPDATE SET calls = wecom_rate.calls + 1 WHERE wecom_rate.calls < :per_hour
     RETURNING calls
 )
-SELECT EXISTS (SELECT 1 FROM m), EXISTS (SELECT 1 FROM h)
+SELECT EXISTS (SELECT 1 FROM m), NOT :straddles OR EXISTS (SELECT 1 FROM m2),
+       EXISTS (SELECT 1 FROM h), NOT :straddles_hour OR EXISTS (SELECT 1 FROM h2)
 """)
 _PURGE = text("DELETE FROM wecom_rate WHERE window_start < :before")
 
@@ -106,13 +123,20 @@ class SqlPacer:
     """One limit per (corp, API) for all processes on all hosts: fixed windows of the clock minute and
     the clock hour, as WeCom's (and the sandbox's) counters are, counted in `wecom_rate`.
 
+    WeCom counts a call in the window it arrives in, which is not always the one it left in: a call
+    taken in the last `straddle_seconds` of a window is counted in the next window too, so that
+    calls taken at 59.9 s and arriving after the minute turned (a loaded host, a slow network) cannot
+    push the next minute over the limit (seen: two 45009s in the chaos test). The cost is at most
+    that many seconds' calls of a window's capacity, and only when a window is that full.
+
     A window found full is remembered here until it ends, so waiting callers do not ask the
     database again. If the database cannot be reached the pacer falls back to pacing this process
     alone at 1/`expected_processes` of the limits, says so once, and tries the database again every
     `retry_seconds`: welcomes keep going out."""
 
     def __init__(self, engine: Engine, clock: Clock, per_minute: int, per_hour: int = 0, *,
-                 corp_id: str = "", expected_processes: int = 4, retry_seconds: float = 30.0):
+                 corp_id: str = "", expected_processes: int = 4, retry_seconds: float = 30.0,
+                 straddle_seconds: float = 2.0):
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.clock = clock
         self.per_minute = per_minute
@@ -121,6 +145,7 @@ class SqlPacer:
         n = max(1, expected_processes)
         self.fallback = Pacer(clock, max(1, per_minute // n), per_hour // n if per_hour > 0 else 0)
         self.retry_seconds = retry_seconds
+        self.straddle_seconds = straddle_seconds
         self._full_until: dict[str, float] = {}
         self._down_until = 0.0   # the store failed: pace locally until then
         self._down_logged = False
@@ -159,15 +184,17 @@ class SqlPacer:
             self.clock.sleep(wait)
 
     def _take(self, endpoint: str, now: float) -> float:
-        """Count one call now if both windows have room (0.0), else the seconds until room opens."""
+        """Count one call now if its windows have room (0.0), else the seconds until room opens."""
         minute = int(now // WINDOW) * int(WINDOW)
         hour = int(now // HOUR) * HOUR
         with self.engine.connect() as conn:
             if minute != self._purged_minute:   # once a minute per process: drop windows long past
                 self._purged_minute = minute
                 conn.execute(_PURGE, {"before": hour - 2 * HOUR})
-            in_minute, in_hour = conn.execute(_TAKE, {
+            straddles = now + self.straddle_seconds >= minute + WINDOW
+            in_minute, in_next_minute, in_hour, in_next_hour = conn.execute(_TAKE, {
                 "corp": self.corp_id, "endpoint": endpoint, "minute": minute, "hour": hour,
+                "straddles": straddles, "straddles_hour": straddles and minute + WINDOW >= hour + HOUR,
                 "per_minute": self.per_minute,
                 "per_hour": self.per_hour if self.per_hour > 0 else 2**31 - 1}).one()
         if self._down_logged:
@@ -175,8 +202,12 @@ class SqlPacer:
             log.warning("WeCom rate limit: the shared count in the database is back; pacing all processes together again")
         if not in_minute:
             return minute + WINDOW - now + 0.001
+        if not in_next_minute:
+            return minute + 2 * WINDOW - now + 0.001
         if not in_hour:
             return hour + HOUR - now + 0.001
+        if not in_next_hour:
+            return hour + 2 * HOUR - now + 0.001
         return 0.0
 
     def _store_failed(self, e: SQLAlchemyError, now: float) -> None:

@@ -91,6 +91,32 @@ def test_a_waiting_caller_gets_room_when_the_window_ends(processes, clock):
     assert a.waited == 0 and b.waited > 0
 
 
+def test_a_call_taken_as_the_minute_ends_counts_in_the_next_minute_too(processes, clock):
+    """It may arrive at WeCom after the minute turned: the next minute must have room for it."""
+    a, b = processes
+    clock.advance(50)                              # 09:00:50
+    assert admitted(a, EP, 30) == 30
+    clock.advance(8.5)                             # 09:00:58.5, within the last 2 s of the minute
+    assert admitted(b, EP, 50) == 20               # this minute: 50 in all
+    clock.advance(2)                               # 09:01:00.5
+    assert admitted(a, EP, 50) == 30               # the next: 50 less the 20 that may land in it
+    with pytest.raises(NoRoom) as e:
+        b.acquire(EP, max_wait=0)
+    assert 59 < e.value.wait <= 60                 # and it is full until it ends
+
+
+def test_a_call_taken_as_the_hour_ends_counts_in_the_next_hour_too(processes, clock):
+    a, _ = processes                               # 120 an hour
+    clock.advance(59 * 60 + 59)                    # 09:59:59
+    assert admitted(a, EP, 50) == 50
+    clock.advance(2)                               # 10:00:01: 50 of the hour's 120 may have landed in it
+    assert admitted(a, EP, 50) == 0                # the minute: its 50 are spent by the straddlers
+    clock.advance(60)
+    assert admitted(a, EP, 50) == 50
+    clock.advance(60)
+    assert admitted(a, EP, 50) == 20               # 50 + 50 + 20 = 120 in the hour
+
+
 def test_per_corp(pg_url, clock):
     eng = make_engine(pg_url)
     try:

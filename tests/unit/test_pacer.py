@@ -12,10 +12,11 @@ def test_at_most_the_limit_in_any_minute_then_it_waits_for_room():
     start = clock.timestamp()
     for _ in range(7):
         pacer.acquire("externalcontact/add_msg_template")
-    # 3 at once, 3 a minute later, the 7th two minutes later: the least the limit allows
-    assert clock.timestamp() - start == pytest.approx(120, abs=0.01)
+    # 3 at once, 3 a window (a minute and the 2 s a call may take to land) later, the 7th two windows
+    # later: the least the limit allows
+    assert clock.timestamp() - start == pytest.approx(124, abs=0.01)
     pacer.acquire("message/send")                      # app messages are not under the API limit
-    assert clock.timestamp() - start == pytest.approx(120, abs=0.01)
+    assert clock.timestamp() - start == pytest.approx(124, abs=0.01)
 
 
 def test_a_caller_holding_a_lease_is_told_when_room_opens_instead_of_waiting():
@@ -24,7 +25,7 @@ def test_a_caller_holding_a_lease_is_told_when_room_opens_instead_of_waiting():
     pacer.acquire("a")
     with pytest.raises(NoRoom) as e:
         pacer.acquire("a", max_wait=5)
-    assert e.value.wait == pytest.approx(60, abs=0.01)
+    assert e.value.wait == pytest.approx(62, abs=0.01)
     pacer.acquire("b", max_wait=5)                     # per API
 
 
@@ -33,10 +34,10 @@ def test_the_hourly_limit_holds_calls_to_the_end_of_the_clock_hour():
     pacer = Pacer(clock, per_minute=3, per_hour=4)
     for _ in range(3):
         pacer.acquire("a")
-    clock.advance(60)
-    pacer.acquire("a", max_wait=0)                     # 10:59:30, the hour's 4th
+    clock.advance(62)
+    pacer.acquire("a", max_wait=0)                     # 10:59:32, the hour's 4th
     with pytest.raises(NoRoom) as e:                   # the minute has room, the hour has not
         pacer.acquire("a", max_wait=5)
-    assert e.value.wait == pytest.approx(30, abs=0.01)
-    clock.advance(30)
+    assert e.value.wait == pytest.approx(28, abs=0.01)
+    clock.advance(28)
     pacer.acquire("a", max_wait=0)                     # 11:00, a new hour
