@@ -138,7 +138,7 @@ def address_key(address: str) -> str:
 
 
 # -- headers ----------------------------------------------------------------------------------
-# WeCom's JS-SDK, exactly the two files bot/templates/sidebar.html loads: jweixin for wx.config and
+# WeCom's JS-SDK, exactly the two files bot/templates/chat_tool_base.html loads: jweixin for wx.config and
 # jwxwork for wx.agentConfig ("调用 wx.agentConfig需要引入 jwxwork sdk",
 # https://developer.work.weixin.qq.com/document/path/94313). WeCom now also ships
 # wecom-jssdk-2.x (ww.register, document/path/98560); moving to it changes this list.
