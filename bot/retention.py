@@ -5,7 +5,8 @@ whose outcome is still being reconciled), slot deliveries, and the members' name
 of chains closed that long ago. Kept: what counts and reports are made of (funnel facts, welcomes,
 QR findings, chains with their totals and their orders' quantities), so `wecom-bot report` for an
 old day still shows its funnel, welcomes, chains and findings; its per-slot delivery lines go
-with the slot_delivery rows.
+with the slot_delivery rows. The console's audit log (admin_action: who fired, paused or closed
+what; ops staff, no customer data, a few rows a day) is kept, as an audit log should be.
 
 Each statement touches at most BATCH rows in its own transaction, so SQLite's write lock is never
 held for long and callbacks keep being stored while a year of rows goes.

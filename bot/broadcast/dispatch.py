@@ -132,6 +132,11 @@ class Broadcaster:
             if not todo:
                 return 0
             used = self.used_in_period(r, day)
+            # A group new since ops paused a slot for its store is held back with the store's others.
+            held = set(r.execute(select(SlotDelivery.store_code, SlotDelivery.slot).where(
+                SlotDelivery.day == day.isoformat(), SlotDelivery.status == "paused",
+                SlotDelivery.reason == OPS_PAUSED,
+                SlotDelivery.store_code.in_({g.store_code for g in todo})).distinct()).all())
         rows, plans = [], {}
         for g in todo:
             if g.store_code not in plans:
@@ -141,9 +146,11 @@ class Broadcaster:
             allowed = planner.allowance(self.settings.receive_cap, day, used.get(g.chat_id, 0))
             mass = planner.mass_slots(entries.values(), allowed)
             for slot, e in entries.items():
+                paused = (g.store_code, slot) in held
                 rows.append(dict(day=day.isoformat(), slot=slot, chat_id=g.chat_id, store_code=g.store_code,
                                  owner=g.owner, mode="mass" if slot in mass else "reminder", kind=e.kind,
-                                 status="planned", planned_at=now))
+                                 status="paused" if paused else "planned", reason=OPS_PAUSED if paused else None,
+                                 planned_at=now))
         for i in range(0, len(rows), 5000):
             with self.sessions.begin() as s:
                 insert_ignore_many(s, SlotDelivery, rows[i:i + 5000])

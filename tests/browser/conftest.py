@@ -3,12 +3,14 @@ CI=true. Screenshots go to the test's tmp dir and to /tmp/shots/ for a person to
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from bot.web import WECOM_JS_SDK
 from tests.conftest import IN_CI
 
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "") if p and os.path.exists(p)),
@@ -65,3 +67,39 @@ def shot(page, tmp_path: Path, name: str) -> Path:
     SHOTS.mkdir(exist_ok=True)
     shutil.copy(path, SHOTS / name)
     return path
+
+
+# WeCom's JS-SDK inside the WeCom app, simulated: the page's scripts run as they would there, each call
+# is recorded, and the chat toolbar is open in the group `chat`.
+WXWORK = " wxwork/4.1.22 MicroMessenger/7.0.1"
+STUB_SDK = """
+window.wx = {
+  config: function (o) { window.recordWx('config', o); },
+  ready: function (cb) { setTimeout(cb, 0); },
+  agentConfig: function (o) { window.recordWx('agentConfig', o); o.success(); },
+  invoke: function (name, args, cb) {
+    window.recordWx(name, args);
+    if (name === 'getContext') cb({err_msg: 'getContext:ok', entry: 'group_chat_tools'});
+    else if (name === 'getCurExternalChat') cb({err_msg: 'getCurExternalChat:ok', chatId: %s});
+    else cb({err_msg: name + ':ok'});
+  }
+};
+"""
+
+
+def in_wecom(browser, device: dict, chat: str):
+    """A browser context that looks like the WeCom app with the toolbar open in `chat`: the context,
+    the recorded JS-SDK calls, and the SDK files the page loaded."""
+    context = browser.new_context(**{**device, "user_agent": (device.get("user_agent") or "Mozilla/5.0") + WXWORK})
+    calls: list[tuple[str, dict]] = []
+    context.expose_function("recordWx", lambda name, args: calls.append((name, args)))
+    loaded: list[str] = []
+
+    def sdk(route):
+        loaded.append(route.request.url)
+        body = STUB_SDK % json.dumps(chat) if "jweixin" in route.request.url else "/* agentConfig: in the stub */"
+        route.fulfill(status=200, content_type="text/javascript", body=body)
+
+    for src in WECOM_JS_SDK:
+        context.route(src, sdk)
+    return context, calls, loaded

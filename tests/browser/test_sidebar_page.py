@@ -4,7 +4,6 @@ answers getCurExternalChat with one of the clerk's groups and records sendChatMe
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 
@@ -16,27 +15,11 @@ from bot.clock import SHANGHAI, FakeClock
 from bot.db.models import SlotDelivery
 from bot.sandbox.harness import Harness
 from bot.web import WECOM_JS_SDK
-from tests.browser.conftest import DESKTOP, PHONE, CspWatch, shot
+from tests.browser.conftest import DESKTOP, PHONE, CspWatch, in_wecom, shot
 from tests.conftest import ROOT, STORES
 from tests.contract.test_broadcast import at, fire, reminders_to
 
 pytestmark = pytest.mark.browser
-
-WXWORK = " wxwork/4.1.22 MicroMessenger/7.0.1"
-
-STUB_SDK = """
-window.wx = {
-  config: function (o) { window.recordWx('config', o); },
-  ready: function (cb) { setTimeout(cb, 0); },
-  agentConfig: function (o) { window.recordWx('agentConfig', o); o.success(); },
-  invoke: function (name, args, cb) {
-    window.recordWx(name, args);
-    if (name === 'getCurExternalChat') cb({err_msg: 'getCurExternalChat:ok', chatId: %s});
-    else cb({err_msg: name + ':ok'});
-  }
-};
-"""
-
 
 @pytest.fixture
 def sidebar(tmp_path):
@@ -57,18 +40,7 @@ def test_one_tap_sends_the_groups_content_and_records_the_tap_under_the_csp(brow
     chats = re.findall(r'<section class="card" data-chat="([^"]+)"', httpx.get(url).text)
     chat = chats[0]
     device = PHONE if size == "phone" else DESKTOP
-    context = browser.new_context(**{**device, "user_agent": (device.get("user_agent") or "Mozilla/5.0") + WXWORK})
-    calls: list[tuple[str, dict]] = []
-    context.expose_function("recordWx", lambda name, args: calls.append((name, args)))
-    loaded: list[str] = []
-
-    def sdk(route):
-        loaded.append(route.request.url)
-        body = STUB_SDK % json.dumps(chat) if "jweixin" in route.request.url else "/* agentConfig: in the stub */"
-        route.fulfill(status=200, content_type="text/javascript", body=body)
-
-    for src in WECOM_JS_SDK:
-        context.route(src, sdk)
+    context, calls, loaded = in_wecom(browser, device, chat)
     page = context.new_page()
     csp = CspWatch(page)
     page.goto(url)

@@ -5,7 +5,6 @@ one of the clerk's groups and which records sendChatMessage. Phone and desktop, 
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 
@@ -16,28 +15,11 @@ from bot.clock import SHANGHAI, FakeClock
 from bot.db.models import SlotDelivery
 from bot.sandbox.harness import Harness
 from bot.web import WECOM_JS_SDK
-from tests.browser.conftest import DESKTOP, PHONE, CspWatch, shot
+from tests.browser.conftest import DESKTOP, PHONE, CspWatch, in_wecom, shot
 from tests.conftest import ROOT, STORES
 from tests.contract.test_broadcast import at, fire
 
 pytestmark = pytest.mark.browser
-
-WXWORK = " wxwork/4.1.22 MicroMessenger/7.0.1"
-
-STUB_SDK = """
-window.wx = {
-  config: function (o) { window.recordWx('config', o); },
-  ready: function (cb) { setTimeout(cb, 0); },
-  agentConfig: function (o) { window.recordWx('agentConfig', o); o.success(); },
-  invoke: function (name, args, cb) {
-    window.recordWx(name, args);
-    if (name === 'getContext') cb({err_msg: 'getContext:ok', entry: 'group_chat_tools'});
-    else if (name === 'getCurExternalChat') cb({err_msg: 'getCurExternalChat:ok', chatId: %s});
-    else cb({err_msg: name + ':ok'});
-  }
-};
-"""
-
 
 def start(tmp_path, stores=STORES) -> Harness:
     clock = FakeClock(datetime(2026, 11, 23, 9, 0, tzinfo=SHANGHAI))
@@ -55,22 +37,6 @@ def toolbar(tmp_path):
     h = start(tmp_path)
     yield h
     h.stop()
-
-
-def in_wecom(browser, device: dict, chat: str):
-    context = browser.new_context(**{**device, "user_agent": (device.get("user_agent") or "Mozilla/5.0") + WXWORK})
-    calls: list[tuple[str, dict]] = []
-    context.expose_function("recordWx", lambda name, args: calls.append((name, args)))
-    loaded: list[str] = []
-
-    def sdk(route):
-        loaded.append(route.request.url)
-        body = STUB_SDK % json.dumps(chat) if "jweixin" in route.request.url else "/* agentConfig: in the stub */"
-        route.fulfill(status=200, content_type="text/javascript", body=body)
-
-    for src in WECOM_JS_SDK:
-        context.route(src, sdk)
-    return context, calls, loaded
 
 
 def sign_in(page, h, userid: str) -> None:

@@ -466,3 +466,21 @@ def test_a_sidebar_card_whose_template_fails_live_says_so_and_offers_no_send(syn
     card = page.text.split(f'<section class="card" data-chat="{broken}">', 1)[1].split("</section>", 1)[0]
     assert "发送到本群" not in card and "已发送" not in card
     assert "小张早安" in page.text                         # the other group's card is whole
+
+
+def test_a_group_new_since_ops_paused_a_slot_is_held_back_with_its_store(synced):
+    h = synced
+    b = h.c.broadcaster
+    b.plan_day(MONDAY, "10:00", "SZ001")
+    with h.c.sessions.begin() as s:
+        held = b.pause_slot(s, MONDAY, "12:00", "SZ001")
+    assert held == len(h.groups["SZ001"])
+    new = h.backend.create_group("zhangsan", "深圳科技园店福利3群", members=120)
+    assert not h.sync().failed                                   # the bot learns of the new group
+    at(h, 12)
+    fire(h, "12:00")
+    rows = {x.chat_id: x for x in deliveries(h, "12:00") if x.store_code == "SZ001"}
+    assert new in rows and rows[new].status == "paused"          # not sent on its own
+    assert {x.status for x in rows.values()} == {"paused"} and templates(h, "zhangsan") == []
+    with h.c.sessions.begin() as s:                              # resuming puts it back with the others
+        assert b.resume_slot(s, MONDAY, "12:00", "SZ001") == len(rows)

@@ -99,14 +99,14 @@ def calendar_with_mass_at_10(tmp: Path) -> Path:
     return cal
 
 
-def setting_up(db_url: str, tmp: Path, stores: list[dict], backend_rules: Rules):
+def setting_up(db_url: str, tmp: Path, stores: list[dict], backend_rules: Rules, timezone: str = "Asia/Shanghai"):
     corp = new_corp()
     backend = WeComBackend(corp, SystemClock(), backend_rules)
     sandbox = ServerThread(create_sandbox_app(backend)).start()
     backend.public_url = sandbox.url
     port = free_port()
     raw = {"database_url": db_url, "public_base_url": f"http://127.0.0.1:{port}", "admin_token": "chaos-admin-token",
-           "calendar_dir": str(calendar_with_mass_at_10(tmp)),
+           "timezone": timezone, "calendar_dir": str(calendar_with_mass_at_10(tmp)),
            "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret, "token": corp.token,
                      "encoding_aes_key": corp.encoding_aes_key, "api_base_url": f"{sandbox.url}/cgi-bin/"},
            "stores": stores}
@@ -186,26 +186,32 @@ def test_kill9_in_a_300_add_burst_loses_no_welcome_and_sends_none_twice(db_url, 
         sandbox.stop()
 
 
+def seed_chain(backend, engine, sessions, stores: list[dict], n_groups: int, tz, rng: random.Random) -> datetime:
+    """The stores' clerks and `n_groups` groups (100-400 members) in the sandbox, and the same stores
+    and groups already synced in the bot's database (migrated here); returns when they were synced."""
+    for st in stores:
+        backend.add_clerk(st["clerks"][0])
+    for g in range(n_groups):
+        backend.create_group(f"c{g % len(stores):04d}", f"门店{g % len(stores)}福利群{g // len(stores) + 1}",
+                             members=rng.randint(100, 400))
+    upgrade(engine)
+    now = datetime.now(tz)
+    with sessions.begin() as s:
+        s.add_all(Store(code=st["code"], name=st["name"], clerks=st["clerks"]) for st in stores)
+    with sessions.begin() as s:
+        s.add_all(GroupChat(chat_id=chat, store_code=f"S{int(g.owner[1:]):04d}", owner=g.owner, name=g.name,
+                            member_count=len(g.members), synced_at=now) for chat, g in backend.groups.items())
+    return now
+
+
 def test_kill9_in_a_slot_for_2000_groups_delivers_every_group_once(db_url, tmp_path):
     n_stores, n_groups = 400, 2000
     stores = [{"code": f"S{i:04d}", "name": f"门店{i}", "clerks": [f"c{i:04d}"]} for i in range(n_stores)]
     backend, sandbox, settings, bot = setting_up(db_url, tmp_path, stores, Rules(groupmsg_confirm="manual"))
     try:
-        rng = random.Random(2000)
-        for st in stores:
-            backend.add_clerk(st["clerks"][0])
-        for g in range(n_groups):
-            backend.create_group(f"c{g % n_stores:04d}", f"门店{g % n_stores}福利群{g // n_stores + 1}",
-                                 members=rng.randint(100, 400))
         engine = make_engine(db_url)
-        upgrade(engine)
         sessions = make_session_factory(engine)
-        now = datetime.now(settings.tz)
-        with sessions.begin() as s:
-            s.add_all(Store(code=st["code"], name=st["name"], clerks=st["clerks"]) for st in stores)
-        with sessions.begin() as s:
-            s.add_all(GroupChat(chat_id=chat, store_code=f"S{int(g.owner[1:]):04d}", owner=g.owner, name=g.name,
-                                member_count=len(g.members), synced_at=now) for chat, g in backend.groups.items())
+        now = seed_chain(backend, engine, sessions, stores, n_groups, settings.tz, random.Random(2000))
         bot.start()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         # today (its rows expire at midnight), queued by the CLI and sent by serve's workers
