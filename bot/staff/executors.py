@@ -96,7 +96,7 @@ def plan_executor(sessions: sessionmaker[Session], roster: Roster) -> Executor:
             mine = set(ho.recorded_customers(s, x, code))
             elsewhere = {e for other in p.get("stores") or [] if other != code
                          for e in ho.recorded_customers(s, x, other)}
-            chats = ho.groups_of(s, x, code)
+            chats = ho.groups_of(s, x, code, p.get("stores"))
         listed, refused = unassigned(client, x)
         unattributed = sorted(listed - mine - elsewhere)
         stores = sorted(p.get("stores") or [code])

@@ -85,17 +85,31 @@ def pick_successor(s: Session, remaining: list[str], named: str | None, leaving:
     return min(pool, key=lambda c: (counts[c], c))
 
 
-def groups_of(s: Session, userid: str, store_code: str) -> list[str]:
-    """The store's groups this clerk still owns: recorded for the store, or behind its join way."""
-    store = s.get(Store, store_code)
-    behind = set(store.join_way_chat_ids or []) if store else set()
-    # members who joined through the store's group QR make a group the store's, whichever store the
-    # owner is listed under now (a clerk who moved keeps groups full of the old store's customers)
-    joined = set(s.scalars(select(FunnelFact.chat_id).where(FunnelFact.kind == "join",
-                                                            FunnelFact.store_code == store_code).distinct()))
+def groups_of(s: Session, userid: str, store_code: str, stores: list[str] | None = None) -> list[str]:
+    """The store's groups this clerk still owns: recorded for the store, or behind its join way, or
+    joined through its group QR. `stores`: every store of this handover; a group that more than one of
+    them could claim goes to one only (the one it is recorded under, else the first whose join way
+    holds it, else the first its members joined from), so no group is in two plans."""
+    stores = sorted(set(stores or []) | {store_code})
+    behind: dict[str, set[str]] = {}
+    joined: dict[str, set[str]] = {}
+    for code in stores:
+        store = s.get(Store, code)
+        behind[code] = set(store.join_way_chat_ids or []) if store else set()
+        # members who joined through the store's group QR make a group the store's, whichever store the
+        # owner is listed under now (a clerk who moved keeps groups full of the old store's customers)
+        joined[code] = set(s.scalars(select(FunnelFact.chat_id).where(FunnelFact.kind == "join",
+                                                                      FunnelFact.store_code == code).distinct()))
+
+    def claimant(chat: str, recorded: str) -> str | None:
+        if recorded in stores:
+            return recorded
+        return next((c for c in stores if chat in behind[c]), None) or next(
+            (c for c in stores if chat in joined[c]), None)
+
     return sorted(c for c, code in s.execute(select(GroupChat.chat_id, GroupChat.store_code)
                                             .where(GroupChat.owner == userid))
-                  if code == store_code or c in behind or c in joined)
+                  if claimant(c, code) == store_code)
 
 
 def batches(items: list[str], size: int) -> list[list[str]]:

@@ -66,7 +66,7 @@ def plan_onjob(sessions: sessionmaker[Session], client: WeComClient, settings: S
             busy = ho.onjob_in_flight(s, clerk, code)
             recorded = set(ho.recorded_customers(s, clerk, code))
             customers = sorted((recorded & listed) - busy)
-            chats = sorted(set(ho.groups_of(s, clerk, code)) - ho.onjob_groups_in_flight(s, clerk, code))
+            chats = sorted(set(ho.groups_of(s, clerk, code, codes)) - ho.onjob_groups_in_flight(s, clerk, code))
             plans.append(ho.HandoverPlan(clerk, code, successor, customers, chats,
                                          skipped=sorted((recorded & listed) & busy), problems=issues))
     return plans

@@ -304,3 +304,22 @@ def test_ops_lines_of_one_run_are_one_message(staff):
         tell_ops(s, h.clock, [OPS], ["第三件事"], "run:1")
     h.pump()
     assert len(ops_texts(h)) == 2
+
+
+def test_a_group_two_stores_of_one_handover_could_claim_is_in_one_plan_only(staff):
+    """A clerk serving two stores: a group recorded for one but behind the other's join way (or joined
+    from it) goes to the store it is recorded under, not to both."""
+    from bot.staff import handover as ho
+    h = staff
+    lisi = sorted(c for c, g in h.backend.groups.items() if g.owner == "lisi")
+    both = ["SZ001", "SZ002"]
+    with h.c.sessions.begin() as s:
+        assert {s.get(GroupChat, c).store_code for c in lisi} == {"SZ002"}
+        st = s.get(Store, "SZ001")
+        st.join_way_chat_ids = [*(st.join_way_chat_ids or []), lisi[0]]
+    with h.c.sessions() as s:
+        in_sz1, in_sz2 = ho.groups_of(s, "lisi", "SZ001", both), ho.groups_of(s, "lisi", "SZ002", both)
+        alone = ho.groups_of(s, "lisi", "SZ001")
+    assert lisi[0] not in in_sz1 and in_sz2 == lisi
+    assert not set(in_sz1) & set(in_sz2)
+    assert alone == [lisi[0]]          # handed over from SZ001 alone, the group behind its QR goes with it
