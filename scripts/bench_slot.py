@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,7 +138,8 @@ def main() -> None:
             time.sleep(3)  # started and polling
             if any(w.poll() is not None for w in workers):
                 sys.exit("a worker process did not start")
-        day = now.date()
+        # tomorrow's slots: today's may be past their content's `expires` (an afternoon run expired 12:00's)
+        day = now.date() + timedelta(days=1)
         calls_before = state["calls"]
         for slot in args.slots.split(","):
             t0, cpu0 = time.perf_counter(), time.process_time()
