@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from bot.db.models import FunnelFact
-from bot.funnel.figures import StoreFunnel, combined, converted_by, funnels
+from bot.funnel.figures import StoreFunnel, combined, converted_by, funnels, summed
 
 
 @dataclass
@@ -24,6 +24,7 @@ class _Closed:
     today: date
     seen: int
     periods: dict[int, dict[str, StoreFunnel]] = field(default_factory=dict)   # days back → [start, today-1]
+    sums: dict[int, StoreFunnel] = field(default_factory=dict)                  # days back → periods' sum
     days: dict[str, list[StoreFunnel]] = field(default_factory=dict)           # store → its closed days
 
 
@@ -54,9 +55,11 @@ class DashboardFigures:
             self._closed[scope] = kept
         return kept
 
-    def periods(self, s: Session, closed: _Closed, backs: list[int],
-                stores: list[str] | None) -> tuple[list[dict[str, StoreFunnel]], dict[str, StoreFunnel]]:
-        """funnel(s, today - back, today) for each back (in that order), and today's funnel."""
+    def periods(self, s: Session, closed: _Closed, backs: list[int], shown: int, stores: list[str] | None
+                ) -> tuple[dict[str, StoreFunnel], list[StoreFunnel], dict[str, StoreFunnel]]:
+        """funnel(s, today - shown, today) per store; for each back (in that order) what funnel(s, today - back,
+        today) sums to over the stores; and today's funnel. Only the shown window is built store by store: the
+        other two are needed as chain totals alone, which add up from the parts."""
         today = closed.today
         missing = [b for b in backs if b and b not in closed.periods]
         if missing:
@@ -64,13 +67,21 @@ class DashboardFigures:
                               self.tz, stores)
             with self._lock:
                 closed.periods.update(zip(missing, counted))
+                closed.sums.update((b, summed(figs)) for b, figs in zip(missing, counted))
         # today's counts alone: what today converts comes from converted_by, whose window from today is today's
         now = funnels(s, [(today, today)], self.tz, stores, converted=False)[0]
         starts = [today - timedelta(days=b) for b in backs]
         extra = converted_by(s, starts + [today], today, self.tz, stores)
         for code, n in extra[-1].items():
             now.setdefault(code, StoreFunnel(code)).converted = n
-        return [combined(closed.periods.get(b, {}), now, conv) for b, conv in zip(backs, extra)], now
+        # a window's total: its closed days' and today's counts, its closed conversions and what today's joins
+        # convert in it (today's own `converted` is the window from today: extra[-1], not this window's)
+        sums = []
+        for b, conv in zip(backs, extra):
+            total = summed({"*": closed.sums[b]} if b else {}, now)
+            total.converted = (closed.sums[b].converted if b else 0) + sum(conv.values())
+            sums.append(total)
+        return combined(closed.periods.get(shown, {}), now, extra[backs.index(shown)]), sums, now
 
     def days(self, s: Session, closed: _Closed, codes: list[str],
              today_figures: dict[str, StoreFunnel]) -> dict[str, list[StoreFunnel]]:

@@ -73,12 +73,10 @@ def _age(delta: timedelta) -> str:
     return f"{minutes // 1440}天"
 
 
-def _totals(figs: dict[str, StoreFunnel]) -> dict:
-    adds = sum(f.adds for f in figs.values())
-    converted = sum(f.converted for f in figs.values())
-    return {"adds": adds, "viewed": sum(f.viewed for f in figs.values()), "joined": converted,
-            "joins": sum(f.joins for f in figs.values()),
-            "conversion": fmt_rate(converted / adds if adds else None)}
+def _totals(total: StoreFunnel) -> dict:
+    """A period's card: every store's figures added up (DashboardFigures.periods)."""
+    return {"adds": total.adds, "viewed": total.viewed, "joined": total.converted, "joins": total.joins,
+            "conversion": fmt_rate(total.conversion)}
 
 
 SPARK_DAYS = 14   # the store table's sparklines: adds and joined a day, today last
@@ -110,13 +108,22 @@ class AdminPages:
         self.st = c.settings
         self.tz = c.settings.tz
         self.figures = DashboardFigures(self.tz, SPARK_DAYS)   # /admin: closed days counted once a day
+        self._regions: tuple[object, dict[str, str]] = (None, {})
 
     # -- helpers --------------------------------------------------------------------------
     def region_of(self, code: str) -> str:
-        for name, pats, _ in self.c.calendar.snapshot.regions:
-            if any(fnmatch.fnmatchcase(code, p) for p in pats):
-                return name
-        return ""
+        # kept per calendar snapshot (a reload makes a new one): 4,800 stores × the regions' patterns through
+        # fnmatch were a tenth of /admin's time
+        snap = self.c.calendar.snapshot
+        kept_snap, kept = self._regions
+        if kept_snap is not snap:
+            kept = {}
+            self._regions = (snap, kept)
+        reg = kept.get(code)
+        if reg is None:
+            reg = kept[code] = next((name for name, pats, _ in snap.regions
+                                     if any(fnmatch.fnmatchcase(code, p) for p in pats)), "")
+        return reg
 
     def stores(self, s, v: Viewer) -> list[Store]:
         q = select(Store).where(Store.closed_at.is_(None)).order_by(Store.code)
@@ -141,8 +148,8 @@ class AdminPages:
             scope = None if v.everything else [st.code for st in stores]
             # 30 days of facts for 4,800 stores take seconds to count: the days before today are kept
             closed = self.figures.closed(s, today, scope)
-            windows, today_figs = self.figures.periods(s, closed, [back for _, back in PERIODS.values()], scope)
-            figs = dict(zip(PERIODS, windows))
+            shown_figs, sums, today_figs = self.figures.periods(s, closed, [back for _, back in PERIODS.values()],
+                                                                PERIODS[period][1], scope)
             findings = open_findings(s, scope)
             slots = slot_figures(s, today, scope)
             # chains counted in the database: a month of a chain's chains is 20,000 rows
@@ -168,7 +175,6 @@ class AdminPages:
         rows = []
         needle = q.strip().lower()
         for st in stores:
-            f = figs[period].get(st.code, StoreFunnel(st.code))
             reg = self.region_of(st.code)
             if needle and needle not in st.code.lower() and needle not in st.name.lower():
                 continue
@@ -177,6 +183,7 @@ class AdminPages:
             n_open = open_by_store.get(st.code, 0)
             if only_findings and not n_open:
                 continue
+            f = shown_figs.get(st.code) or StoreFunnel(st.code)
             rows.append({"code": st.code, "name": st.name, "region": reg, "adds": f.adds, "joined": f.converted,
                          "conv": f.conversion, "conv_text": fmt_rate(f.conversion), "findings": n_open})
         key = {"code": lambda r: r["code"], "region": lambda r: (r["region"], r["code"]),
@@ -205,7 +212,7 @@ class AdminPages:
         regions = sorted({self.region_of(st.code) for st in stores} - {""})
         return self.render(
             "admin_dashboard.html", v, today=today, periods=PERIODS, period=period,
-            totals={k: _totals(figs[k]) for k in PERIODS}, sold=sold, sold_yuan=yuan(sold_cents),
+            totals={k: _totals(t) for k, t in zip(PERIODS, sums)}, sold=sold, sold_yuan=yuan(sold_cents),
             findings=[{"store": f.store_code, "name": names.get(f.store_code, ""), "kind": KIND_ZH.get(f.kind, f.kind),
                        "age": _age(now - f.opened_at), "since": f.since.astimezone(self.tz)} for f in findings[:50]],
             findings_total=len(findings), slots=slots, running=running, running_total=running_total,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, select, true
+from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from bot.db.models import FunnelFact
@@ -129,34 +129,58 @@ def converted_by(s: Session, starts: list[date], day: date, tz: ZoneInfo,
     # SQLite's nested loop uses the index as it is.
     h = F.alias("h")
     cols = [func.max(h.c.at).filter(h.c.kind == "join", h.c.at < lo).label("before"),
-            *[func.count().filter(h.c.kind == "add", h.c.at >= since_i, h.c.at <= first.c.at) for since_i in since]]
+            *[func.count().filter(h.c.kind == "add", h.c.at >= since_i, h.c.at <= first.c.at).label(f"n{i}")
+              for i, since_i in enumerate(since)]]
     mine = [h.c.external_userid == first.c.external_userid, h.c.store_code == first.c.store_code,
             h.c.kind.in_(("add", "join")), h.c.at >= earliest, h.c.at < hi]
     if s.get_bind().dialect.name == "postgresql":
         per = select(*cols).where(*mine).lateral("per")
-        q = select(first.c.store_code, *per.c).select_from(first.join(per, true()))
+        each = select(first.c.store_code, *per.c).select_from(first.join(per, true())).subquery("each")
     else:
-        q = (select(first.c.store_code, *cols).select_from(first.join(h, and_(*mine)))
-             .group_by(first.c.store_code, first.c.external_userid))
+        each = (select(first.c.store_code, *cols).select_from(first.join(h, and_(*mine)))
+                .group_by(first.c.store_code, first.c.external_userid).subquery("each"))
+    # summed per store in the database: ~20,000 customers join a day, 4,800 stores come back
+    q = (select(each.c.store_code,
+                *[func.sum(each.c[f"n{i}"]).filter(or_(each.c.before.is_(None), each.c.before < since_i))
+                  for i, since_i in enumerate(since)])
+         .group_by(each.c.store_code))
     out: list[dict[str, int]] = [{} for _ in starts]
-    for code, before, *counts in s.execute(q):
+    for code, *counts in s.execute(q):
         for i, n in enumerate(counts):
-            if n and (before is None or before < since[i]):
-                out[i][code] = out[i].get(code, 0) + n
+            if n:
+                out[i][code] = int(n)       # PostgreSQL's sum of counts is a numeric
     return out
+
+
+COUNTS = ("adds", "viewed", "reports", "joins", "joins_other", "leaves", "clerk_deleted")
 
 
 def combined(closed: dict[str, StoreFunnel], day: dict[str, StoreFunnel], converted: dict[str, int]) -> dict[str, StoreFunnel]:
     """A window's figures from its closed days, its last day and `converted_by` (see there)."""
     out: dict[str, StoreFunnel] = {}
-    for code in set(closed) | set(day) | set(converted):
+    for code in closed.keys() | day.keys() | converted.keys():
         sf = out[code] = StoreFunnel(code)
         for part in (closed.get(code), day.get(code)):
-            if part is not None:
-                for k in ("adds", "viewed", "reports", "joins", "joins_other", "leaves", "clerk_deleted"):
-                    setattr(sf, k, getattr(sf, k) + getattr(part, k))
+            if part is not None:   # spelt out: getattr/setattr per count was a quarter of /admin's time
+                sf.adds += part.adds
+                sf.viewed += part.viewed
+                sf.reports += part.reports
+                sf.joins += part.joins
+                sf.joins_other += part.joins_other
+                sf.leaves += part.leaves
+                sf.clerk_deleted += part.clerk_deleted
         sf.converted = (closed[code].converted if code in closed else 0) + converted.get(code, 0)
     return out
+
+
+def summed(*parts: dict[str, StoreFunnel]) -> StoreFunnel:
+    """Every store's counts added up ("*"): what `combined`'s stores sum to, without building them."""
+    total = StoreFunnel("*")
+    for part in parts:
+        for f in part.values():
+            for k in (*COUNTS, "converted"):
+                setattr(total, k, getattr(total, k) + getattr(f, k))
+    return total
 
 
 def _count(sf: StoreFunnel, kind: str, n: int) -> None:

@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import event
 
 from bot.clock import SHANGHAI
+from bot.admin.dashboard_figures import DashboardFigures
 from bot.db.engine import reads_of
 from bot.funnel.facts import record_fact
-from bot.funnel.figures import combined, converted_by, funnel, funnels
+from bot.funnel.figures import combined, converted_by, funnel, funnels, summed
 from bot.report import print_report
 from bot.sandbox.harness import Harness
 from tests.conftest import ROOT, STORES
@@ -168,6 +169,12 @@ def test_the_one_query_counts_agree_with_the_report_funnel(db_url, clock, seed):
             for a, b in windows:
                 closed = funnels(s, [(a, b - timedelta(days=1))], tz)[0] if b > a else {}
                 split.append(combined(closed, funnel(s, b, b, tz), converted_by(s, [a], b, tz)[0]))
+            # the dashboard's cards and table for the last of those days (today: three windows at once)
+            today = first + timedelta(days=20)
+            backs = [0, 6, 20]
+            dash = DashboardFigures(tz, 14)
+            table, cards, _ = dash.periods(s, dash.closed(s, today, None), backs, 6, None)
+            whole = [funnel(s, today - timedelta(days=b), today, tz) for b in backs]
 
         def counts(figs):
             return {code: tuple(getattr(f, k) for k in COUNTS) for code, f in figs.items()
@@ -178,3 +185,6 @@ def test_the_one_query_counts_agree_with_the_report_funnel(db_url, clock, seed):
         assert [counts(g) for g in scoped] == [{k: v for k, v in counts(w).items() if k == "SZ002"} for w in want]
         assert [counts(d) for d in daily] == [counts(d) for d in per_day]
         assert [counts(w) for w in split] == [counts(w) for w in want]
+        # each card is every store's figures of its window added up, the "no store" facts included
+        assert [counts({"*": c}) for c in cards] == [counts({"*": summed(w)}) for w in whole]
+        assert counts(table) == counts(whole[1])
