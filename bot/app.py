@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -19,7 +20,7 @@ from bot.chains.routes import chain_router
 from bot.funnel.qr_page import qr_router
 from bot.health import check_health
 from bot.logs import RateLimitedLog
-from bot.web import BodyRejected, SecurityHeaders, read_capped
+from bot.web import BodyRejected, RawRoute, SecurityHeaders, read_capped, read_capped_asgi, send_text
 from bot.wecom.callback import CallbackRejected
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,19 @@ log = logging.getLogger(__name__)
 def create_app(c: Container) -> FastAPI:
     app = FastAPI(title="wecom-bot", docs_url=None, redoc_url=None)
     app.state.container = c
-    app.add_middleware(SecurityHeaders)     # nosniff, no-referrer; a CSP on every HTML page
     # The pages' scripts: a file, not inline, so the CSP can forbid inline script outright.
     app.mount("/static", StaticFiles(packages=[("bot", "static")]), name="static")
 
     rejections = RateLimitedLog(log, per_minute=20)   # a garbage flood must not flood the log
     unhealthy = RateLimitedLog(log, per_minute=2)     # probes ask every few seconds
 
+    def refuse(status: int, reason: str) -> tuple[int, str]:
+        c.metrics.callbacks.labels(f"rejected_{status}").inc()
+        rejections.warning("callback rejected %s: %s", status, reason)
+        return status, reason
+
     def rejected(e: CallbackRejected) -> Response:
-        c.metrics.callbacks.labels(f"rejected_{e.status}").inc()
-        rejections.warning("callback rejected %s: %s", e.status, e.reason)
+        refuse(e.status, e.reason)
         return PlainTextResponse(e.reason, status_code=e.status)
 
     @app.get("/wecom/callback")
@@ -47,21 +51,51 @@ def create_app(c: Container) -> FastAPI:
         except CallbackRejected as e:
             return rejected(e)
 
+    stored, duplicate = c.metrics.callbacks.labels("stored"), c.metrics.callbacks.labels("duplicate")
+
+    async def accept(msg_signature: str, timestamp: str, nonce: str, body: bytes, started: float) -> tuple[int, str]:
+        """Verify, decrypt, store once: the status and text to answer. A failed store raises."""
+        try:
+            inbound = c.verifier.open(msg_signature, timestamp, nonce, body)
+        except CallbackRejected as e:
+            return refuse(e.status, e.reason)
+        created = await c.recorder.record(inbound)
+        (stored if created else duplicate).inc()
+        c.metrics.callback_seconds.observe(time.perf_counter() - started)
+        # An empty 200 is WeCom's "received": no passive reply, no retry.
+        return 200, ""
+
+    async def callback_asgi(scope, receive, send) -> None:
+        # POST /wecom/callback without FastAPI's machinery (RawRoute): the same steps as the route below.
+        started = time.perf_counter()
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))  # last one wins
+        try:
+            body = await read_capped_asgi(scope, receive, c.verifier.max_body)
+            status, text = await accept(query.get("msg_signature", ""), query.get("timestamp", ""),
+                                        query.get("nonce", ""), body, started)
+        except BodyRejected as e:
+            status, text = refuse(e.status, e.reason)
+        except Exception:
+            # Not a 200: WeCom will redeliver, and nothing was half-stored (a batch is one transaction).
+            log.exception("POST /wecom/callback failed")
+            await send_text(send, 500, '{"error":"internal error"}', b"application/json")
+            return
+        await send_text(send, status, text)
+
     @app.post("/wecom/callback")
     async def callback(request: Request, msg_signature: str = "", timestamp: str = "", nonce: str = ""):
+        # Served by callback_asgi; this route documents it (openapi) and answers if RawRoute is bypassed.
         started = time.perf_counter()
         try:
             body = await read_capped(request, c.verifier.max_body)
-            inbound = c.verifier.open(msg_signature, timestamp, nonce, body)
         except BodyRejected as e:
             return rejected(CallbackRejected(e.status, e.reason))
-        except CallbackRejected as e:
-            return rejected(e)
-        created = await c.recorder.record(inbound)
-        c.metrics.callbacks.labels("stored" if created else "duplicate").inc()
-        c.metrics.callback_seconds.observe(time.perf_counter() - started)
-        # An empty 200 is WeCom's "received": no passive reply, no retry.
-        return PlainTextResponse("")
+        status, text = await accept(msg_signature, timestamp, nonce, body, started)
+        return PlainTextResponse(text, status_code=status)
+
+    # The last added is the outermost: the security headers on every answer, the fast path inside them.
+    app.add_middleware(RawRoute, method="POST", path="/wecom/callback", handler=callback_asgi)
+    app.add_middleware(SecurityHeaders)     # nosniff, no-referrer; a CSP on every HTML page
 
     app.include_router(chain_router(c))
     app.include_router(sidebar_router(c))

@@ -50,6 +50,52 @@ async def read_capped(request: Request, cap: int) -> bytes:
     return bytes(body)
 
 
+async def read_capped_asgi(scope: Scope, receive: Receive, cap: int) -> bytes:
+    """read_capped on the raw ASGI channel, for a route that skips the framework (RawRoute)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > cap:
+                raise BodyRejected(413, f"body over {cap} bytes")
+            break
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":   # nobody to answer; not a server error
+            raise BodyRejected(400, "client went away")
+        body += message.get("body", b"")
+        if len(body) > cap:
+            raise BodyRejected(413, f"body over {cap} bytes")
+        if not message.get("more_body", False):
+            return body
+
+
+async def send_text(send: Send, status: int, text: str, content_type: bytes = b"text/plain; charset=utf-8") -> None:
+    """A whole response in two messages, as PlainTextResponse sends it."""
+    body = text.encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", content_type)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RawRoute:
+    """One (method, path) answered by a bare ASGI handler, in front of the framework's router: for
+    the one hot route (the WeCom callback), whose per-request cost was mostly FastAPI's own (route
+    matching, dependency solving, the Request and Response objects). Everything else passes on.
+    Install it inside SecurityHeaders, so its answers carry the same headers."""
+
+    def __init__(self, app: ASGIApp, method: str, path: str, handler: ASGIApp):
+        self.app = app
+        self.method = method
+        self.path = path
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == self.method:
+            await self.handler(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 class MemberBody(NamedTuple):
     fields: dict
     is_form: bool       # a no-JavaScript form post: answer with a page, not JSON

@@ -1,16 +1,26 @@
 """Benchmark: encrypted callbacks/s through the real HTTP server, and welcome latency under a burst.
 
     python scripts/bench_callbacks.py [--seconds 20] [--connections 32] [--db sqlite|postgresql|both]
+                                      [--pg-roles web,worker] [--profile DIR]
 
 Starts `wecom-bot sandbox` and `wecom-bot serve` as separate processes on loopback (the bot
-with its workers, so the work behind the acknowledgement runs too), then:
+with its workers, so the work behind the acknowledgement runs too): on SQLite one `serve` (role
+all, as SQLite must run); on PostgreSQL the scale-out shape, web apart from workers (`--pg-roles`,
+default `web,worker`: one `serve --role web` and one `serve --role worker`; `all` for one process).
+Then:
 1. wrk (Debian package `wrk`) POSTs distinct, validly signed and encrypted callbacks for
    --seconds; the same run measures two references, so the figure is a ratio: the same callbacks
    POSTed to scripts/noop_callback.py (verify, decrypt, parse with wechatpy, answer 200: a process of
    its own with the same config and server options; the issue's target is >= 0.5x of it) and
    GET /livez of the bot (no database);
 2. `wecom-bot sync`, then a burst of 200 customers adding clerks (the sandbox's driver plays them,
-   16 at once); welcome latency = add event issued → send_welcome_msg accepted at the sandbox.
+   16 at once); welcome latency = add event issued → send_welcome_msg accepted at the sandbox;
+3. the same burst again while wrk keeps up a steady callback load at half the rate the bot
+   acknowledged in 1 (fresh distinct callbacks, paced by scripts/wrk_callbacks_paced.lua): the
+   issue's "welcome p99 < 2 s, 0 expired" case.
+With --profile DIR, py-spy (`pip install py-spy`, a dev tool) samples every bot process and the
+no-op during their wrk runs (raw collapsed stacks, DIR/<db>-<process>.txt, plus `--gil` twins that
+sample only the thread holding the GIL); scripts/profile_summary.py prints their top frames.
 Prints figures; measures, asserts nothing.
 """
 
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +41,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from benchlib import ROOT, STORES, free_port, require_wrk, run_wrk, sandbox_and_bot, wait_http
+from benchlib import (ROOT, STORES, free_port, parse_wrk, require_wrk, run_wrk, sandbox_and_bot, wait_http,
+                      wrk_command)
 from bot.clock import SystemClock
 from bot.sandbox.backend import Corp, WeComBackend
 from bot.sandbox.driver import Driver, event_xml
@@ -56,15 +68,39 @@ def seal_requests(corp: Corp, path: Path, n: int) -> None:
 
 
 @contextmanager
+def profiled(out_dir: Path | None, seconds: int, pids: dict[str, int], prefix: str):
+    """py-spy sampling `pids` for `seconds` (all threads on CPU, and the GIL holder only), if asked."""
+    if out_dir is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    procs = []
+    for name, pid in pids.items():
+        for mode, extra in (("", []), ("-gil", ["--gil"])):
+            procs.append(subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100", "--nonblocking",
+                 "--threads", "--format", "raw", "-o", str(out_dir / f"{prefix}-{name}{mode}.txt"), *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        yield
+    finally:
+        for p in procs:
+            try:
+                p.wait(seconds + 30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@contextmanager
 def noop_callback(config: Path):
-    """scripts/noop_callback.py as a process of its own, on the bot's config: its callback URL."""
+    """scripts/noop_callback.py as a process of its own, on the bot's config: its callback URL and pid."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "noop_callback.py"), "--config", str(config),
                              "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/livez")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -78,8 +114,42 @@ def pending(engine) -> int:
         return c.execute(text("SELECT count(*) FROM event WHERE status IN ('pending', 'running')")).scalar()
 
 
-def bench(db: str, seconds: int, connections: int) -> None:
-    with sandbox_and_bot(db) as svc:
+def welcome_statuses(engine) -> dict[str, int]:
+    with engine.connect() as c:
+        return dict(c.execute(text("SELECT status, count(*) FROM welcome GROUP BY status")).all())
+
+
+def burst(svc, http: httpx.Client, already: int) -> tuple[list[float], float]:
+    """200 customers add clerks (10 a store, 20 stores at once): the latencies (ms) of their welcomes
+    as the sandbox accepted them, within 60 s, and how long the adds took to arrive."""
+    states = [s["code"] for s in STORES]
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(len(states)) as pool:
+        list(pool.map(lambda s: http.post(f"{svc.sandbox}/_sandbox/members/add",
+                                          json={"state": s, "count": 200 // len(states)}), states))
+    took = time.perf_counter() - t0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        welcomes = http.get(f"{svc.sandbox}/_sandbox/state").json()["welcomes"][already:]
+        if len(welcomes) >= 200:
+            break
+        time.sleep(0.2)
+    return sorted(w["latency"] * 1000 for w in welcomes), took
+
+
+def latency_line(lat: list[float]) -> str:
+    if not lat:
+        return "no welcomes"
+    within = sum(1 for v in lat if v < 20000)
+    return (f"{len(lat)} welcomes, latency p50 {lat[len(lat) // 2]:.0f} ms  p99 {lat[max(0, int(len(lat) * .99) - 1)]:.0f} ms  "
+            f"max {lat[-1]:.0f} ms; inside 20 s: {within}/200")
+
+
+def bench(db: str, seconds: int, connections: int, roles: tuple[str, ...], profile: Path | None,
+          access_log: bool | None) -> None:
+    with sandbox_and_bot(db, roles, None if access_log is None else {"access_log": access_log}) as svc:
+        bots = {k: v for k, v in svc.pids.items() if k.startswith("serve")}
+        print(f"[{db}] processes: {', '.join(f'{k} (pid {v})' for k, v in svc.pids.items())}")
         requests_file = svc.tmp / "requests.txt"
         n = max(20000, seconds * 2500)
         t0 = time.perf_counter()
@@ -87,9 +157,11 @@ def bench(db: str, seconds: int, connections: int) -> None:
         print(f"[{db}] sealed {n} distinct callbacks in {time.perf_counter() - t0:.1f}s")
         lua = [ROOT / "scripts" / "wrk_callbacks.lua", [str(requests_file), "2"]]
         ref = run_wrk(f"{svc.bot}/livez", seconds, connections)
-        with noop_callback(svc.config) as noop_url:   # before the bot's run: its backlog drain would compete
-            noop = run_wrk(noop_url, seconds, connections, *lua)
-        cb = run_wrk(svc.bot, seconds, connections, *lua)
+        with noop_callback(svc.config) as (noop_url, noop_pid):   # before the bot's run: its backlog drain would compete
+            with profiled(profile, seconds, {"noop": noop_pid}, db):
+                noop = run_wrk(noop_url, seconds, connections, *lua)
+        with profiled(profile, seconds, bots, db):
+            cb = run_wrk(svc.bot, seconds, connections, *lua)
         print(f"[{db}] GET /livez (reference):      {ref['rps']:8.0f} req/s  p50 {ref['p50']:.1f} ms  "
               f"p99 {ref['p99']:.1f} ms")
         print(f"[{db}] noop_callback (reference):   {noop['rps']:8.0f} req/s  p50 {noop['p50']:.1f} ms  "
@@ -109,26 +181,35 @@ def bench(db: str, seconds: int, connections: int) -> None:
         took = time.perf_counter() - drained_from
         print(f"[{db}] backlog of {backlog} events handled in {took:.1f}s after the load "
               f"({(backlog - left) / took if took else 0:.0f} events/s){'' if not left else f', {left} left'}")
-        engine.dispose()
         svc.cli("sync")
-        states = [s["code"] for s in STORES]
-        t0 = time.perf_counter()
-        per_store = 200 // len(states)
         with httpx.Client(timeout=120) as http:
-            with cf.ThreadPoolExecutor(len(states)) as pool:
-                list(pool.map(lambda s: http.post(f"{svc.sandbox}/_sandbox/members/add",
-                                                  json={"state": s, "count": per_store}), states))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                welcomes = http.get(f"{svc.sandbox}/_sandbox/state").json()["welcomes"]
-                if len(welcomes) >= 200:
-                    break
-                time.sleep(0.2)
-        lat = sorted(w["latency"] * 1000 for w in welcomes)
-        within = sum(1 for v in lat if v < 20000)
-        print(f"[{db}] burst of 200 adds in {time.perf_counter() - t0:.1f}s: {len(lat)} welcomes, "
-              f"latency p50 {lat[len(lat) // 2]:.0f} ms  p99 {lat[int(len(lat) * .99) - 1]:.0f} ms  "
-              f"max {lat[-1]:.0f} ms; inside 20 s: {within}/200")
+            lat, took = burst(svc, http, 0)
+            print(f"[{db}] burst of 200 adds in {took:.1f}s: {latency_line(lat)}")
+            done = len(lat)
+            # The same burst inside a steady load at half the acknowledged rate (fresh timestamps).
+            rate = cb["rps"] / 2
+            load_seconds, lead = 40, 5
+            paced_connections = 64   # the wait, not the latency, sets the rate (a closed loop)
+            wait_ms = max(1, int(paced_connections * 1000 / rate))
+            load_file = svc.tmp / "load.txt"
+            seal_requests(svc.corp, load_file, int(rate * load_seconds * 1.2) + 100)
+            before = welcome_statuses(engine)
+            load = subprocess.Popen(wrk_command(svc.bot, load_seconds, paced_connections,
+                                                ROOT / "scripts" / "wrk_callbacks_paced.lua",
+                                                [str(load_file), "2", str(wait_ms)]),
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            time.sleep(lead)
+            lat, took = burst(svc, http, done)
+            out, _ = load.communicate(timeout=load_seconds + 60)
+        sustained = parse_wrk(out)
+        after = welcome_statuses(engine)
+        expired = after.get("expired", 0) - before.get("expired", 0)
+        print(f"[{db}] steady load beside the burst: {sustained['rps']:.0f} req/s acknowledged "
+              f"(asked {rate:.0f}/s = half of {cb['rps']:.0f})  p99 {sustained['p99']:.1f} ms  "
+              f"non-2xx {sustained['non2xx']}")
+        print(f"[{db}] burst of 200 adds under that load in {took:.1f}s: {latency_line(lat)}; "
+              f"expired (bot's welcome rows) {expired}")
+        engine.dispose()
 
 
 def main() -> None:
@@ -136,10 +217,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--pg-roles", default="web,worker",
+                    help="the `serve` processes on PostgreSQL, by --role (default web,worker; `all`: one process)")
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the processes under load into DIR")
+    ap.add_argument("--access-log", choices=["on", "off"],
+                    help="the bot's access_log (default: the config's default, on; the no-op logs no access)")
     a = ap.parse_args()
     require_wrk()
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
     for db in (["sqlite", "postgresql"] if a.db == "both" else [a.db]):
-        bench(db, a.seconds, a.connections)
+        roles = ("all",) if db == "sqlite" else tuple(r.strip() for r in a.pg_roles.split(",") if r.strip())
+        bench(db, a.seconds, a.connections, roles, a.profile, None if a.access_log is None else a.access_log == "on")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -50,8 +50,10 @@ def wait_http(url: str, timeout: float = 20) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def write_config(path: Path, corp: Corp, db_url: str, sandbox_port: int, bot_port: int) -> None:
+def write_config(path: Path, corp: Corp, db_url: str, sandbox_port: int, bot_port: int,
+                 extra: dict | None = None) -> None:
     path.write_text(json.dumps({  # JSON is YAML
+        **(extra or {}),
         "database_url": db_url, "public_base_url": f"http://127.0.0.1:{bot_port}",
         "admin_token": secrets.token_hex(8), "calendar_dir": str(ROOT / "content_calendar"),
         "wecom": {"corp_id": corp.corp_id, "agent_id": corp.agent_id, "secret": corp.secret, "token": corp.token,
@@ -70,6 +72,7 @@ class Services:
     sandbox: str
     bot: str
     tmp: Path
+    pids: dict[str, int] = field(default_factory=dict)   # "sandbox", "serve-all" / "serve-web" / ...: to profile
 
     def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bot", "--config", str(self.config), *args],
@@ -95,27 +98,36 @@ def fresh_database(db: str, tmp: Path) -> tuple[str, Callable[[], None]]:
 
 
 @contextmanager
-def sandbox_and_bot(db: str):
-    """`wecom-bot sandbox` and `wecom-bot serve` (role all) as processes, on a fresh database."""
+def sandbox_and_bot(db: str, roles: tuple[str, ...] = ("all",), config: dict | None = None):
+    """`wecom-bot sandbox` and `wecom-bot serve` as processes, on a fresh database: one `serve` per
+    entry of `roles` (default one `--role all`; e.g. ("web", "worker") on PostgreSQL for the
+    scale-out shape). The first role serves the bot's URL; the others get ports of their own.
+    `config`: keys added to the bot's config (e.g. {"access_log": False})."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     db_url, drop_database = fresh_database(db, tmp)
     corp = new_corp()
     sandbox_port, bot_port = free_port(), free_port()
     cfg = tmp / "config.yaml"
-    write_config(cfg, corp, db_url, sandbox_port, bot_port)
+    write_config(cfg, corp, db_url, sandbox_port, bot_port, config)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "bot", "--config", str(cfg)]
-    procs = [subprocess.Popen(cli + ["sandbox"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-             subprocess.Popen(cli + ["serve", "--port", str(bot_port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
+    procs = {"sandbox": subprocess.Popen(cli + ["sandbox"], env=env, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)}
     try:
         wait_http(f"http://127.0.0.1:{sandbox_port}/_sandbox/state")
-        wait_http(f"http://127.0.0.1:{bot_port}/healthz")
-        yield Services(db_url, corp, cfg, f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{bot_port}", tmp)
+        for i, role in enumerate(roles):   # one after the other: the first migrates, the rest find it done
+            port = bot_port if i == 0 else free_port()
+            name = f"serve-{role}" if f"serve-{role}" not in procs else f"serve-{role}-{i}"
+            procs[name] = subprocess.Popen(
+                cli + ["serve", "--role", role, "--port", str(port)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_http(f"http://127.0.0.1:{port}/{'healthz' if role in ('all', 'web') else 'metrics'}")
+        yield Services(db_url, corp, cfg, f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{bot_port}", tmp,
+                       {name: p.pid for name, p in procs.items()})
     finally:
-        for p in procs:
+        for p in procs.values():
             p.send_signal(signal.SIGINT)
-        for p in procs:
+        for p in procs.values():
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
@@ -124,12 +136,14 @@ def sandbox_and_bot(db: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_wrk(url: str, seconds: int, connections: int, script: Path | None = None, args: list[str] = ()) -> dict:
+def wrk_command(url: str, seconds: int, connections: int, script: Path | None = None, args: list[str] = ()) -> list[str]:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if script:
         cmd += ["-s", str(script)]
-    out = subprocess.run(cmd + [url, *(["--", *args] if args else [])], capture_output=True, text=True,
-                         check=True).stdout
+    return cmd + [url, *(["--", *args] if args else [])]
+
+
+def parse_wrk(out: str) -> dict:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def pct(p):
@@ -141,6 +155,12 @@ def run_wrk(url: str, seconds: int, connections: int, script: Path | None = None
     wrapped = re.search(r"wrapped=(\d+)", out)
     return {"rps": rps, "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "wrapped": int(wrapped.group(1)) if wrapped else 0, "raw": out}
+
+
+def run_wrk(url: str, seconds: int, connections: int, script: Path | None = None, args: list[str] = ()) -> dict:
+    out = subprocess.run(wrk_command(url, seconds, connections, script, args), capture_output=True, text=True,
+                         check=True).stdout
+    return parse_wrk(out)
 
 
 def require_wrk() -> None:

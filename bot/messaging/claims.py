@@ -9,6 +9,9 @@ once; but the call may have reached WeCom, so an outbox row taken back this way 
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, or_, select, update
@@ -49,6 +52,58 @@ def claim_due(session: Session, model, *, now: datetime, owner: str, limit: int,
     return sorted(session.scalars(stmt), key=lambda r: (r.priority, r.next_attempt_at, r.id))
 
 
+class SharedLook:
+    """The "anything due?" read, shared by the loops of one table in a process. A doorbell wakes
+    every worker thread at once (four outbox threads for each stored event), and each read its own
+    nothing: under a callback load, idle outbox threads held a third of the worker process's GIL.
+
+    A caller gets the answer of a read that *began after it asked* (never an older one, which might
+    predate the row it was woken for): its own, or one that a caller arriving at the same moment
+    starts for all who are waiting. So a wave of N threads costs one or two reads, not N."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._begun = 0         # reads started, numbered 1, 2, ...
+        self._finished = 0      # the number of the latest read finished
+        self._running = False
+        self._answer = False
+
+    def due(self, look: Callable[[], bool]) -> bool:
+        with self._cond:
+            need = self._begun + 1          # the first read to begin after this call
+            while self._finished < need:
+                if not self._running:       # nobody is reading for us: read for everyone waiting
+                    self._running = True
+                    self._begun += 1
+                    mine = self._begun
+                    break
+                self._cond.wait()
+            else:
+                return self._answer
+        try:
+            answer = look()
+        except BaseException:
+            with self._cond:                # the waiters read again themselves
+                self._running = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._running = False
+            self._finished, self._answer = mine, answer
+            self._cond.notify_all()
+        return answer
+
+
+_looks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # engine -> {(model, clock id): SharedLook}
+_looks_lock = threading.Lock()
+
+
+def shared_look(engine, model, clock: Clock) -> SharedLook:
+    """One per table, engine and clock: loops on another clock (tests, demo) ask their own "now"."""
+    with _looks_lock:
+        return _looks.setdefault(engine, {}).setdefault((model, id(clock)), SharedLook())
+
+
 class ClaimLoop:
     """The shape both pipelines share: look (a read), claim a batch of due rows of `model` under a
     lease (a write), process them. The event dispatcher and the outbox worker differ only in
@@ -65,12 +120,16 @@ class ClaimLoop:
         self.batch = batch
         self.reads = reads_of(sessions)
         self.book = book or LeaseBook()   # the process's, renewed by its heartbeat; else this loop's own
+        self._look = shared_look(sessions.kw["bind"], self.model, clock)
+
+    def _anything_due(self) -> bool:
+        with self.reads() as r:
+            return anything_due(r, self.model, self.clock.now())
 
     def run_once(self) -> int:
         """Claim and process one batch; the number of rows."""
-        with self.reads() as r:
-            if not anything_due(r, self.model, self.clock.now()):
-                return 0
+        if not self._look.due(self._anything_due):
+            return 0
         with self.sessions.begin() as s:
             rows = claim_due(s, self.model, now=self.clock.now(), owner=self.owner, limit=self.batch,
                              lease=self.lease)
