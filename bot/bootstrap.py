@@ -113,12 +113,15 @@ class Container:
                                          max_body_bytes=st.callback.max_body_bytes)
         self.content = WelcomeContent(Path(st.path(st.calendar_dir)))
         self.media = MediaLibrary(sessions, self.client, clock)
-        self.doorbell = Doorbell()
+        # Two bells: a stored event wakes the dispatchers only, a queued outbox row the senders only.
+        # One bell for both woke four idle outbox threads for every stored event.
+        self.doorbell = Doorbell()               # outbox rows are waiting (rung by whoever queues them)
+        self.event_bell = Doorbell()             # events are waiting (rung by the callback's recorder)
         self.workers: WorkerPool | None = None   # only in processes that run workers (start_workers)
         self.leases = LeaseBook()                # rows this process's workers hold, renewed by its heartbeat
         self.heartbeat: Heartbeat | None = None
         self._reloaded_at = self.clock.timestamp()
-        self.recorder = EventRecorder(sessions, clock, on_stored=self.doorbell.ring)
+        self.recorder = EventRecorder(sessions, clock, on_stored=self.event_bell.ring)
         self.qr_health = QrHealth(clock, st.qr_health)
         self.roster = Roster(st, clock, self.qr_health)   # who serves each store now (bot.staff)
         self.commands = command_handlers.command_router()
@@ -202,7 +205,7 @@ class Container:
                 if n:
                     self.doorbell.ring()  # outbox rows may be waiting now
                 return n
-            pool.add(f"dispatch-{i}", dispatch_once)
+            pool.add(f"dispatch-{i}", dispatch_once, bell=self.event_bell)
         for i in range(outbox_threads or self.settings.worker.threads):
             pool.add(f"outbox-{i}", self.outbox_worker(f"outbox-{i}").run_once)
         # Every process that renders welcomes picks up ops' edits, whichever one holds the scheduler.

@@ -45,12 +45,20 @@ def conversion_counts(s: Session, since: datetime, until: datetime, store_code: 
     return adds or 0, converted or 0
 
 
+def baseline_counts(s: Session, store_code: str, now: datetime, cfg: QrHealthSettings) -> tuple[int, int]:
+    """The store's own conversion over the BASELINE before the rule's window: what it is expected to convert."""
+    window_start = now - timedelta(minutes=cfg.window_minutes)
+    return conversion_counts(s, window_start - BASELINE, window_start, store_code)
+
+
 def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSettings,
-                     chain_rate: float | None, *, looked_at_once: bool = False) -> StalledVerdict:
+                     chain_rate: float | None, *, looked_at_once: bool = False,
+                     baseline: tuple[int, int] | None = None) -> StalledVerdict:
     """Adds count once they are older than the grace: a customer needs a minute to scan the
     group QR of the welcome, and a burst of adds is handled before its joins are read.
     looked_at_once: the rule is read on one occasion (a report), not on every add, so the
-    correction for how often it is looked at does not apply."""
+    correction for how often it is looked at does not apply. baseline: baseline_counts, when the
+    caller keeps them."""
     window_start = now - timedelta(minutes=cfg.window_minutes)
     ripe = now - timedelta(minutes=cfg.grace_minutes)
     last_join = s.scalar(select(func.max(FunnelFact.at)).where(FunnelFact.kind == "join",
@@ -62,7 +70,7 @@ def evaluate_stalled(s: Session, store_code: str, now: datetime, cfg: QrHealthSe
     adds = list(s.scalars(select(FunnelFact.at).where(FunnelFact.kind == "add", FunnelFact.store_code == store_code,
                                                       FunnelFact.at > start, FunnelFact.at <= ripe)
                           .order_by(FunnelFact.at)))
-    own_adds, own_converted = conversion_counts(s, window_start - BASELINE, window_start, store_code)
+    own_adds, own_converted = baseline or baseline_counts(s, store_code, now, cfg)
     return stalled_verdict(adds, expected_conversion(own_adds, own_converted, chain_rate, cfg.min_rate), cfg,
                            adds_per_day=0.0 if looked_at_once else own_adds / BASELINE.days)
 
@@ -87,11 +95,21 @@ class QrHealth:
         self.clock = clock
         self.cfg = cfg
         self._chain_rate: tuple[datetime, float | None] | None = None
+        self._baselines: dict[str, tuple[datetime, tuple[int, int]]] = {}
 
     def chain_rate(self, s: Session, now: datetime) -> float | None:
         if self._chain_rate is None or now - self._chain_rate[0] > timedelta(minutes=10):
             self._chain_rate = (now, chain_rate(s, now, self.cfg))
         return self._chain_rate[1]
+
+    def baseline(self, s: Session, store_code: str, now: datetime) -> tuple[int, int]:
+        """baseline_counts, kept ten minutes per store like the chain's rate: a week ending two hours ago
+        hardly moves in ten minutes, and counting it was two thirds of the check run on every add
+        (inside the welcome's transaction)."""
+        kept = self._baselines.get(store_code)
+        if kept is None or abs(now - kept[0]) > timedelta(minutes=10):
+            kept = self._baselines[store_code] = (now, baseline_counts(s, store_code, now, self.cfg))
+        return kept[1]
 
     @staticmethod
     def lock(s: Session, store_code: str) -> None:
@@ -107,7 +125,8 @@ class QrHealth:
     # stalled, on every add and on schedule
     def check_stalled(self, s: Session, store_code: str, now: datetime) -> QrFinding | None:
         self.lock(s, store_code)   # before the facts are read: a join settled meanwhile is seen
-        v = evaluate_stalled(s, store_code, now, self.cfg, self.chain_rate(s, now))
+        v = evaluate_stalled(s, store_code, now, self.cfg, self.chain_rate(s, now),
+                             baseline=self.baseline(s, store_code, now))
         if v.stalled:
             return self.open(s, store_code, "stalled", v.since or now,
                              {"adds": v.adds, "p": round(v.p, 3), "chance": v.chance,

@@ -1,7 +1,7 @@
 """Background workers: event dispatch and outbox sending, as threads in `serve` (role worker/all).
 
-A doorbell wakes them as soon as the callback route stores an event in this process; polling
-covers rows written by other processes."""
+Doorbells wake them as soon as this process stores an event (the dispatchers) or queues an
+outbox row (the senders); polling covers rows written by other processes."""
 
 from __future__ import annotations
 
@@ -48,29 +48,35 @@ class WorkerPool:
         self.poll = poll_seconds
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._bells = [doorbell]
 
-    def add(self, name: str, run_once: Callable[[], int]) -> None:
-        t = threading.Thread(target=self._loop, args=(name, run_once), name=name, daemon=True)
+    def add(self, name: str, run_once: Callable[[], int], bell: Doorbell | None = None) -> None:
+        """A job woken by `bell` (the pool's doorbell unless given)."""
+        bell = bell or self.doorbell
+        if bell not in self._bells:
+            self._bells.append(bell)
+        t = threading.Thread(target=self._loop, args=(name, run_once, bell), name=name, daemon=True)
         self._threads.append(t)
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
-    def _loop(self, name: str, run_once: Callable[[], int]) -> None:
-        seen = self.doorbell.count
+    def _loop(self, name: str, run_once: Callable[[], int], bell: Doorbell) -> None:
+        seen = bell.count
         while not self._stop.is_set():
             try:
                 if run_once():
-                    seen = self.doorbell.count
+                    seen = bell.count
                     continue
             except Exception:  # the database went away, say: log, back off, keep the worker alive
                 log.exception("%s: run failed", name)
                 self._stop.wait(1.0)
-            seen = self.doorbell.wait(self.poll, seen)
+            seen = bell.wait(self.poll, seen)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self.doorbell.ring()
+        for bell in self._bells:
+            bell.ring()
         for t in self._threads:
             t.join(timeout)
