@@ -8,12 +8,22 @@ chain of --stock portions, then wrk (Debian package `wrk`) POSTs --orders distin
 reference, and the chain page is read for 2 s first (a warm server: members open the page before
 the race). Reports orders accepted (must equal the stock: checked in the database too),
 throughput and latency p50/p99. Prints figures; asserts nothing.
+With --profile DIR, py-spy (`pip install py-spy`, a dev tool) samples `serve` during the sign-ups
+(raw collapsed stacks, DIR/<db>-serve.txt, and DIR/<db>-serve-gil.txt for the GIL holder only);
+scripts/profile_summary.py prints their top frames. A longer race (--orders 10000 --stock 2000)
+gives it more samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -36,15 +46,36 @@ def open_chain(cfg, stock: int) -> str:
     return token
 
 
-def bench(db: str, orders: int, stock: int, connections: int) -> None:
+@contextmanager
+def profiled(out_dir: Path | None, pid: int, prefix: str):
+    """py-spy sampling `pid` until the block ends (all threads on CPU, and the GIL holder only), if asked."""
+    if out_dir is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    procs = [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--threads",
+                               "--format", "raw", "-o", str(out_dir / f"{prefix}-serve{mode}.txt"), *extra],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for mode, extra in (("", []), ("-gil", ["--gil"]))]
+    try:
+        yield
+    finally:
+        for p in procs:   # the race ends when it ends: SIGINT makes py-spy write what it has
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(30)
+
+
+def bench(db: str, orders: int, stock: int, connections: int, profile: Path | None = None) -> None:
     with sandbox_and_bot(db) as svc:
         svc.cli("sync")
         token = open_chain(svc.config, stock)
         ref = run_wrk(f"{svc.bot}/livez", 5, connections)
         # a server that has been up: pools and threads warm (members open the page before the race)
         run_wrk(f"{svc.bot}/c/{token}", 2, connections)
-        res = run_wrk(svc.bot, 60, connections, ROOT / "scripts" / "wrk_orders.lua",
-                      [f"/c/{token}/orders", str(orders // 2)])
+        with profiled(profile, svc.pids["serve-all"], db):
+            res = run_wrk(svc.bot, 60, connections, ROOT / "scripts" / "wrk_orders.lua",
+                          [f"/c/{token}/orders", str(orders // 2)])
         counts = dict(re.findall(r"(created|conflict|other)=(\d+)", res["raw"]))
         span = float(re.search(r"span_ms=([\d.]+)", res["raw"]).group(1)) / 1000
         answered = sum(int(v) for v in counts.values())
@@ -69,10 +100,13 @@ def main() -> None:
     ap.add_argument("--stock", type=int, default=200)
     ap.add_argument("--connections", type=int, default=100)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy `serve` during the sign-ups into DIR")
     a = ap.parse_args()
     require_wrk()
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
     for db in (["sqlite", "postgresql"] if a.db == "both" else [a.db]):
-        bench(db, a.orders, a.stock, a.connections)
+        bench(db, a.orders, a.stock, a.connections, a.profile)
 
 
 if __name__ == "__main__":

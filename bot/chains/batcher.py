@@ -1,9 +1,10 @@
 """Group commit for orders: a rush of sign-ups for one chain would otherwise queue one commit at a
-time behind the chain row's lock. One writer thread takes every order waiting at that moment into
-one transaction, each in its own SAVEPOINT (a sold-out or over-limit order, or one whose values the
-database refuses, rolls back alone: it never fails its neighbours), and
-commits once; each member is answered only after that commit. The stock rules are unchanged:
-Chains.take's conditional UPDATEs, in order, inside the batch."""
+time behind the chain row's lock. One writer thread takes every sign-up waiting at that moment,
+checks them all in one read (Chains.check_many: a sold-out rush is answered from it, with no write
+and no thread hop per sign-up), and takes the rest in one transaction, each in its own SAVEPOINT (a
+sold-out or over-limit order, or one whose values the database refuses, rolls back alone: it never
+fails its neighbours), and commits once; each member is answered only after that commit. The stock
+rules are unchanged: Chains.take's conditional UPDATEs, in order, inside the batch."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.chains.service import (REFUSED_VALUES, ChainError, Chains, CleanOrder, InvalidOrder, OrderRequest,
-                                same_request)
+                                SignUp, same_request)
+from bot.db.engine import reads_of
 from bot.messaging.group_commit import GroupCommitter
 from bot.db.models import Chain, ChainOrder
 
@@ -31,20 +33,27 @@ class OrderBatcher(GroupCommitter):
                  max_batch: int = 64):
         super().__init__(max_batch)
         self.sessions = sessions
+        self.reads = reads_of(sessions)
         self.chains = chains
         self.on_notified = on_notified
 
-    async def take(self, chain: Chain, clean: CleanOrder, chat_id: str | None, now: datetime) -> tuple[dict, bool]:
-        return await self.submit(OrderRequest(chain, clean, chat_id, now))
+    async def take(self, sign_up: SignUp) -> tuple[dict, bool]:
+        return await self.submit(sign_up)
 
-    def commit_batch(self, batch: list[OrderRequest]) -> list:
+    def commit_batch(self, batch: list[SignUp | OrderRequest]) -> list:
+        """Each item's outcome: (answer, created) or the ChainError to answer. An OrderRequest was
+        checked by its caller already."""
         outcomes: list = [None] * len(batch)
+        batch = self._check(batch, outcomes)
+        by_chain: dict[int, list[int]] = defaultdict(list)
+        for i, req in enumerate(batch):
+            if outcomes[i] is None:
+                by_chain[req.chain.id].append(i)
+        if not by_chain:   # all answered from the read: no write transaction
+            return outcomes
         notified = False
         try:
             with self.sessions.begin() as s:
-                by_chain: dict[int, list[int]] = defaultdict(list)
-                for i, req in enumerate(batch):
-                    by_chain[req.chain.id].append(i)
                 for idxs in by_chain.values():
                     if len(idxs) > 1 and self._take_together(s, batch, idxs, outcomes):
                         notified |= outcomes.pop()
@@ -52,12 +61,34 @@ class OrderBatcher(GroupCommitter):
                     for i in idxs:
                         outcomes[i], told = self._take_one(s, *batch[i])
                         notified |= told
-        except Exception:
+        except Exception as e:   # rolled back: the sign-ups it was taking hear so; the read's answers stand
             log.exception("order batch of %d failed", len(batch))
-            raise
+            taking = {i for idxs in by_chain.values() for i in idxs}
+            return [e if i in taking else outcome for i, outcome in enumerate(outcomes[:len(batch)])]
         if notified:
             self.on_notified()
         return outcomes
+
+    def _check(self, batch: list[SignUp | OrderRequest], outcomes: list) -> list:
+        """The batch with each sign-up that may be taken as its OrderRequest; the outcome of each one
+        answered from the read (refused, or a replay) filled in."""
+        idxs = [i for i, item in enumerate(batch) if isinstance(item, SignUp)]
+        if not idxs:
+            return batch
+        with self.reads() as rs:
+            checked = self.chains.check_many(rs, [batch[i] for i in idxs])
+        batch = list(batch)
+        for i, verdict in zip(idxs, checked):
+            if isinstance(verdict, ChainError):
+                outcomes[i] = verdict
+                continue
+            chain, existing = verdict
+            if existing is not None:  # a replayed submit (same buyer): its order, nothing taken twice
+                outcomes[i] = ({"order_token": existing.order_token, "remaining": chain.stock_left,
+                                "qty": existing.qty}, False)
+            else:
+                batch[i] = OrderRequest(chain, *batch[i][1:])
+        return batch
 
     def _take_together(self, s: Session, batch: list[OrderRequest], idxs: list[int], outcomes: list) -> bool:
         """The batch's orders for one chain in one go; at the sell-out, the ones that still fit (in
@@ -87,8 +118,8 @@ class OrderBatcher(GroupCommitter):
             idxs = fit
         placed_all, told = fast
         for i, placed in zip(idxs, placed_all):
-            outcomes[i] = ({"order_token": placed.order.order_token, "remaining": placed.remaining,
-                            "qty": placed.order.qty}, True)
+            outcomes[i] = ({"order_token": placed.order_token, "remaining": placed.remaining,
+                            "qty": placed.qty}, True)
         left = placed_all[-1].remaining
         for i in rest:
             outcomes[i] = self.chains.sold_out(left)
@@ -100,8 +131,8 @@ class OrderBatcher(GroupCommitter):
         try:
             with s.begin_nested():
                 placed = self.chains.take(s, chain, *clean, chat_id=chat_id, now=now)
-            return ({"order_token": placed.order.order_token, "remaining": placed.remaining,
-                     "qty": placed.order.qty}, True), placed.notified
+            return ({"order_token": placed.order_token, "remaining": placed.remaining,
+                     "qty": placed.qty}, True), placed.notified
         except IntegrityError:  # the same request_id, placed meanwhile (maybe in this batch)
             existing = s.scalar(select(ChainOrder).where(ChainOrder.chain_id == chain.id,
                                                          ChainOrder.request_id == clean.request_id))

@@ -81,8 +81,16 @@ class CleanOrder(NamedTuple):
     request_id: str
 
 
+class SignUp(NamedTuple):
+    """A valid sign-up (clean_sign_up) not yet checked against its chain (Chains.check_many)."""
+    token: str
+    order: CleanOrder
+    chat_id: str | None
+    at: datetime
+
+
 class OrderRequest(NamedTuple):
-    """One sign-up waiting for the order writer: which chain, what, from which group, when."""
+    """A checked sign-up for the order writer: which chain, what, from which group, when."""
     chain: Chain
     order: CleanOrder
     chat_id: str | None
@@ -91,7 +99,8 @@ class OrderRequest(NamedTuple):
 
 @dataclass
 class PlacedOrder:
-    order: ChainOrder
+    order_token: str        # the order's own (cancels it), not a ChainOrder: take_many builds none
+    qty: int
     remaining: int
     created: bool
     notified: bool = False   # a message to the clerk was queued (half sold, sold out)
@@ -158,6 +167,14 @@ def validate(name, phone_tail, qty, request_id) -> CleanOrder:
     return CleanOrder(name, phone_tail.strip(), qty, request_id.strip())
 
 
+def clean_sign_up(token: str, name, phone_tail, qty, request_id) -> CleanOrder:
+    """What a sign-up can be refused for before any read: a token that cannot be a chain's, a field
+    that is not what it must be."""
+    if not ASCII_TOKEN.fullmatch(token):   # "%00" in a URL is a NUL PostgreSQL refuses: not a chain
+        raise ChainNotFound("没有这个团购。")
+    return validate(name, phone_tail, qty, request_id)
+
+
 class Chains:
     def __init__(self, public_base_url: str, links: LinkSigner, clock, csv_link_days: int = 7):
         self.base = public_base_url.rstrip("/")
@@ -190,34 +207,49 @@ class Chains:
         return list(s.scalars(select(GroupChat).where(GroupChat.store_code == store_code).order_by(GroupChat.name)))
 
     # -- ordering ---------------------------------------------------------------------------
-    def check(self, reads: Session, token: str, *, name, phone_tail, qty, request_id, now: datetime
-              ) -> tuple[Chain, ChainOrder | None, CleanOrder]:
-        """Everything that can be answered from a read, without the write lock: invalid input, an
-        unknown, closed or not yet open chain, a quantity over the limit, a replayed request, and
-        a chain visibly sold out. A fast path only: `take` decides by conditional UPDATE."""
-        if not ASCII_TOKEN.fullmatch(token):   # "%00" in a URL is a NUL PostgreSQL refuses: not a chain
-            raise ChainNotFound("没有这个团购。")
-        clean = validate(name, phone_tail, qty, request_id)
-        name, phone_tail, qty, request_id = clean
-        # One round trip: the chain, and the order this request_id already placed (a retried submit).
-        row = reads.execute(select(Chain, ChainOrder).outerjoin(ChainOrder, and_(
-            ChainOrder.chain_id == Chain.id, ChainOrder.request_id == request_id)).where(Chain.token == token)).first()
-        if row is None:
-            raise ChainNotFound("没有这个团购。")
-        chain, existing = row
+    def check_many(self, reads: Session, sign_ups: list[SignUp]) -> list[tuple[Chain, ChainOrder | None] | ChainError]:
+        """Everything that can be answered from a read, without the write lock, for a batch of valid
+        sign-ups (clean_sign_up) in one round trip: an unknown, closed or not yet open chain, a
+        quantity over the limit, a replayed request, and a chain visibly sold out. Per sign-up its
+        chain and the order its request_id already placed (a retried submit), or the error to answer.
+        A fast path only: `take` decides by conditional UPDATE."""
+        tokens = {su.token for su in sign_ups}
+        request_ids = {su.order.request_id for su in sign_ups}
+        chains: dict[str, Chain] = {}
+        placed: dict[tuple[int, str], ChainOrder] = {}
+        for chain, order in reads.execute(select(Chain, ChainOrder).outerjoin(ChainOrder, and_(
+                ChainOrder.chain_id == Chain.id, ChainOrder.request_id.in_(request_ids)))
+                .where(Chain.token.in_(tokens))):
+            chains[chain.token] = chain
+            if order is not None:
+                placed[(chain.id, order.request_id)] = order
+        checked: list = []
+        for su in sign_ups:
+            chain = chains.get(su.token)
+            try:
+                if chain is None:
+                    raise ChainNotFound("没有这个团购。")
+                existing = placed.get((chain.id, su.order.request_id))
+                self._judge(chain, existing, su.order, su.at)
+                checked.append((chain, existing))
+            except ChainError as e:
+                checked.append(e)
+        return checked
+
+    def _judge(self, chain: Chain, existing: ChainOrder | None, clean: CleanOrder, now: datetime) -> None:
+        """check_many's verdict on one sign-up: raises what to answer, returns when `take` may try."""
         if existing is not None:  # the same answer, nothing taken twice; but only to the same buyer
-            same_request(existing, name, phone_tail, qty)
-            return chain, existing, clean
+            same_request(existing, clean.name, clean.phone_tail, clean.qty)
+            return
         if chain.status != "open" or now >= chain.deadline:
             raise ChainClosed("这个团购已经截单了。", remaining=chain.stock_left)
         if now < chain.opens_at:
             raise NotOpenYet(f"还没开始，{chain.opens_at.astimezone(self.clock.tz):%m-%d %H:%M} 开团。",
                              remaining=chain.stock_left)
-        if not 1 <= qty <= chain.per_person_limit:
+        if not 1 <= clean.qty <= chain.per_person_limit:
             raise InvalidOrder(f"每人限购 {chain.per_person_limit} 份，请填 1 到 {chain.per_person_limit}。")
         if chain.stock_left == 0:
             raise SoldOut("已经抢完了。", remaining=0)
-        return chain, None, clean
 
     def take(self, s: Session, chain: Chain, name: str, phone_tail: str, qty: int, request_id: str,
              chat_id: str | None, now: datetime) -> PlacedOrder:
@@ -250,7 +282,7 @@ class Chains:
             if row.status != "open":
                 raise ChainClosed("这个团购已经截单了。", remaining=row.stock_left)
             raise self.sold_out(row.stock_left)
-        return PlacedOrder(order, left, True, notified=self._milestones(s, chain, left, now))
+        return PlacedOrder(order.order_token, qty, left, True, notified=self._milestones(s, chain, left, now))
 
     @staticmethod
     def sold_out(left: int) -> SoldOut:
@@ -276,13 +308,14 @@ class Chains:
             with s.begin_nested() as sp:
                 groups = dict(s.execute(select(GroupChat.chat_id, GroupChat.store_code)
                                         .where(GroupChat.chat_id.in_(chats))).all()) if chats else {}
-                upsert = ins.values([dict(chain_id=chain.id, buyer_key=k, qty=it.order.qty)
-                                     for k, it in zip(keys, items)])
-                upsert = upsert.on_conflict_do_update(
+                upsert = ins.on_conflict_do_update(
                     index_elements=[ChainBuyer.chain_id, ChainBuyer.buyer_key],
-                    set_={"qty": ChainBuyer.qty + upsert.excluded.qty},
-                    where=ChainBuyer.qty + upsert.excluded.qty <= chain.per_person_limit)
-                held = set(s.scalars(upsert.returning(ChainBuyer.buyer_key)))
+                    set_={"qty": ChainBuyer.qty + ins.excluded.qty},
+                    where=ChainBuyer.qty + ins.excluded.qty <= chain.per_person_limit)
+                # the rows as parameters, not in the statement: one compiled form for any batch size
+                held = set(s.scalars(upsert.returning(ChainBuyer.buyer_key),
+                                     [dict(chain_id=chain.id, buyer_key=k, qty=it.order.qty)
+                                      for k, it in zip(keys, items)]))
                 if len(held) != len(keys):
                     sp.rollback()
                     return None
@@ -307,7 +340,7 @@ class Chains:
         placed, running = [], left + total
         for row in rows:
             running -= row["qty"]
-            placed.append(PlacedOrder(ChainOrder(**row), running, True))
+            placed.append(PlacedOrder(row["order_token"], row["qty"], running, True))
         return placed, self._milestones(s, chain, left, now)
 
     def _milestones(self, s: Session, chain: Chain, left: int, now: datetime) -> bool:
