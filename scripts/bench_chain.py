@@ -92,6 +92,9 @@ def bench(db: str, orders: int, stock: int, connections: int, profile: Path | No
         print(f"[{db}]   answers: 201 accepted {counts.get('created')}, 409 sold out {counts.get('conflict')}, "
               f"other {counts.get('other')}; database: {sold[1]} orders, {sold[0]} portions sold, stock left {left}, "
               f"oversold {max(0, sold[0] - stock)}")
+        target = 0.5 if db == "sqlite" else 0.3     # issue 16: sign-ups against /livez in the same run
+        print(f"[{db}] ratio: sign-ups / livez = {answered / span:.0f} / {ref['rps']:.0f} = "
+              f"{answered / span / ref['rps']:.2f}x (target >= {target}x)")
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ the row back once that time has passed (bot.messaging.claims). So a lease must b
 crashed worker's welcome to come back inside its 20 s, and must not run out under a worker that is
 still sending. Both hold because every process that runs workers beats here every BEAT_SECONDS:
 one UPDATE renews the leases of the rows its workers hold (RETURNING what it still holds: a row
-another worker took is no longer ours), and the client checks that lease before every attempt
+another worker took is no longer ours; on PostgreSQL a row its worker is settling at that moment is
+skipped, not waited for), and the client checks that lease before every attempt
 (WeComClient.holding_lease). A process that stalls or loses its database stops renewing and stops
 calling before its leases run out.
 
@@ -153,7 +154,8 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception as e:   # the database went away: leases stop being renewed, so workers stop calling
-                log.warning("heartbeat failed (%s): leases not renewed", type(e).__name__)
+                log.warning("heartbeat failed (%s: %s): leases not renewed", type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else "")
 
     # -- one beat ---------------------------------------------------------------------------
     def beat(self) -> None:
@@ -164,11 +166,26 @@ class Heartbeat:
                                   started_at=self.started_at, beat_at=now))
             for model in self.MODELS:
                 for owner, ids in self.book.owners(model).items():
+                    mine = select(model.id).where(model.id.in_(ids), model.claimed_by == owner,
+                                                  model.status == "running")
+                    if s.get_bind().dialect.name == "postgresql":
+                        # Rows a worker is settling right now are locked by it: skipped, not waited for.
+                        # Waiting deadlocked (the settle's batch and this UPDATE lock rows in different
+                        # orders), and the aborted beat left every lease unrenewed.
+                        mine = mine.with_for_update(skip_locked=True)
                     renewed = dict(s.execute(
-                        update(model).where(model.id.in_(ids), model.claimed_by == owner, model.status == "running")
+                        update(model).where(model.id.in_(mine))
                         .values(lease_until=lease_end(model, now, self.lease_seconds))
                         .returning(model.id, model.lease_until).execution_options(synchronize_session=False)).all())
-                    lost = self.book.confirm(model, owner, ids, renewed)
+                    missing = [i for i in ids if i not in renewed]
+                    # still ours as last committed: skipped above (being settled), its lease still stands
+                    skipped = set(s.scalars(select(model.id).where(
+                        model.id.in_(missing), model.claimed_by == owner, model.status == "running"))) if missing else set()
+                    taken = set(s.scalars(select(model.id).where(
+                        model.id.in_(missing), model.claimed_by.is_not(None), model.claimed_by != owner))) if missing else set()
+                    lost = self.book.confirm(model, owner, [i for i in ids if i not in skipped], renewed)
+                    # the others were settled (or given back) by their worker while this beat ran: not a loss
+                    lost = [i for i in lost if i in taken]
                     if lost:
                         log.warning("%s: lease of %s rows %s lost to another worker", owner, model.__tablename__, lost)
             s.execute(delete(WorkerProcess).where(WorkerProcess.beat_at < now - FORGET_AFTER))

@@ -12,8 +12,10 @@ from sqlalchemy import select, update
 
 from bot.db.models import BroadcastTask, Outbox, WorkerProcess
 from bot.messaging.claims import claim_due
+from bot.sandbox.harness import Harness
 from bot.wecom import errcodes
 from bot.wecom.client import WeComClient, WeComError
+from tests.conftest import ROOT, STORES
 from tests.contract.helpers import count, outbox
 from tests.contract.test_broadcast import at, fire, templates
 from tests.contract.test_outbox import queue_app_messages
@@ -142,6 +144,40 @@ def test_the_heartbeat_renews_leases_and_drops_rows_taken_by_others(harness):
     hb.beat()
     assert w.lease_left(claimed[0]) == pytest.approx(30, abs=0.01)
     assert w.lease_left(claimed[1]) == 0
+
+
+@pytest.mark.pg
+def test_the_heartbeat_skips_a_row_being_settled_instead_of_waiting_for_it(pg_url, clock):
+    """PostgreSQL (SQLite has one writer at a time): a settle holds row locks while its batch commits. A beat
+    that waited for them deadlocked under a slot (the two lock rows in different orders) and, aborted,
+    renewed no lease at all."""
+    with Harness(database_url=pg_url, stores=STORES, clock=clock, calendar_dir=ROOT / "content_calendar",
+                 workers=False) as h:
+        _beat_beside_a_settle(h)
+
+
+def _beat_beside_a_settle(h) -> None:
+    queue_app_messages(h, 2)
+    w = h.c.outbox_worker("A")
+    with h.c.sessions.begin() as s:
+        claimed = claim_due(s, Outbox, now=h.clock.now(), owner=w.owner, limit=2, lease=w.lease)
+    w.book.hold(Outbox, w.owner, claimed)
+    from bot.messaging.heartbeat import Heartbeat
+    hb = Heartbeat(h.c.sessions, h.clock, w.book, role="worker", lease_seconds=30)
+    h.clock.advance(20)
+    settling = h.c.sessions()
+    settling.begin()
+    settling.execute(update(Outbox).where(Outbox.id == claimed[1].id).values(last_error="being settled"))
+    try:
+        beat = threading.Thread(target=hb.beat)
+        beat.start()
+        beat.join(5)
+        assert not beat.is_alive(), "the beat waited for the settle's lock"
+    finally:
+        settling.rollback()
+        settling.close()
+    assert w.lease_left(claimed[0]) == pytest.approx(30, abs=0.01)   # renewed
+    assert w.lease_left(claimed[1]) == pytest.approx(10, abs=0.01)   # skipped, still held: not lost
 
 
 # -- item 6: a dead process's claims come back at once --------------------------------------
