@@ -189,7 +189,7 @@ class Container:
         return check_wecom_side(self.sessions, self.client, self.clock, self.qr_health, self.provisioner(),
                                 store_codes)
 
-    def start_workers(self, outbox_threads: int | None = None, dispatch_threads: int = 2,
+    def start_workers(self, outbox_threads: int | None = None, dispatch_threads: int | None = None,
                       role: str = "worker") -> WorkerPool:
         # First the heartbeat: it takes back what a killed previous run of this host left claimed,
         # and renews the leases of what these workers claim.
@@ -197,7 +197,7 @@ class Container:
                                    lease_seconds=self.settings.worker.lease_seconds)
         self.heartbeat.start()
         pool = WorkerPool(self.doorbell, self.settings.worker.poll_seconds)
-        for i in range(dispatch_threads):
+        for i in range(dispatch_threads or self.settings.worker.dispatch_threads):
             d = self.dispatcher(f"dispatch-{i}")
 
             def dispatch_once(d=d) -> int:

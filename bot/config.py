@@ -129,7 +129,8 @@ class CallbackSettings(_Strict):
 
 
 class WorkerSettings(_Strict):
-    threads: int = 4
+    threads: int = 4                                      # outbox senders per worker process
+    dispatch_threads: int = Field(default=2, ge=1)        # event dispatchers per worker process
     poll_seconds: float = 0.2
     lease_seconds: int = 30
 
