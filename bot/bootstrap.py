@@ -161,7 +161,7 @@ class Container:
     def dispatcher(self, name: str = "dispatch") -> EventDispatcher:
         return EventDispatcher(self.sessions, self.clock, self.handlers, self.handler_deps,
                                owner=worker_id(name), lease_seconds=self.settings.worker.lease_seconds,
-                               book=self.leases)
+                               book=self.leases, on_urgent_done=self.doorbell.ring)
 
     def outbox_worker(self, name: str = "outbox") -> OutboxWorker:
         return OutboxWorker(self.sessions, self.client, self.clock, self.executors, owner=worker_id(name),

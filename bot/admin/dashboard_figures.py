@@ -65,9 +65,11 @@ class DashboardFigures:
         if missing:
             counted = funnels(s, [(today - timedelta(days=b), today - timedelta(days=1)) for b in missing],
                               self.tz, stores)
+            sums = [(b, summed(figs)) for b, figs in zip(missing, counted)]
             with self._lock:
+                # sums first: a request that finds a period kept (unlocked, above) reads its sum too
+                closed.sums.update(sums)
                 closed.periods.update(zip(missing, counted))
-                closed.sums.update((b, summed(figs)) for b, figs in zip(missing, counted))
         # today's counts alone: what today converts comes from converted_by, whose window from today is today's
         now = funnels(s, [(today, today)], self.tz, stores, converted=False)[0]
         starts = [today - timedelta(days=b) for b in backs]

@@ -99,10 +99,14 @@ class EventDispatcher(ClaimLoop):
 
     def __init__(self, sessions: sessionmaker[Session], clock: Clock,
                  handlers: dict[type, list[Handler]], deps: dict[str, Any], *, owner: str,
-                 lease_seconds: float = 30, batch: int = 16, book=None):
+                 lease_seconds: float = 30, batch: int = 16, book=None,
+                 on_urgent_done: Callable[[], None] = lambda: None):
         super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch, book=book)
         self.handlers = handlers
         self.deps = deps
+        # After each urgent event's commit (an add with a welcome code, a clerk's text): its outbox row
+        # goes now, not after the rest of the batch (up to 16 events) is handled.
+        self.on_urgent_done = on_urgent_done
         # Each handler's arguments, resolved once: a misnamed dependency fails here, at start-up.
         self._wanted = {h: wanted_args(h, HANDLER_ARGS | set(deps), skip=1) for hs in handlers.values() for h in hs}
 
@@ -125,6 +129,8 @@ class EventDispatcher(ClaimLoop):
                     log.warning("event %s: lease lost; its handlers' work is rolled back", row.id)
                     return
                 uow.commit()
+            if row.priority == 0:
+                self.on_urgent_done()
         except Exception as e:
             log.exception("event %s (%s): handler failed (attempt %d)", row.id, row.kind, row.attempts)
             failed = row.attempts >= MAX_EVENT_ATTEMPTS

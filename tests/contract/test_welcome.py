@@ -30,6 +30,20 @@ def test_welcome_is_sent_inside_the_window_with_the_group_qr(synced):
     assert w.latency_ms is not None and w.latency_ms < 20_000
 
 
+def test_the_senders_are_woken_after_each_urgent_event_not_after_the_batch(synced):
+    """Each add with a welcome code, once committed, rings the outbox's bell at once: its welcome need not
+    wait for the rest of the dispatcher's batch. A join (not urgent) waits for the batch's end."""
+    h = synced
+    ext = h.driver.member_adds_clerk("SZ001").fields["ExternalUserID"]
+    h.driver.member_adds_clerk("SZ002")
+    h.driver.member_joins_group("SZ001", ext)
+    rung: list[int] = []
+    d = h.c.dispatcher("test-dispatch")
+    d.on_urgent_done = lambda: rung.append(len(welcomes(h)))    # the welcome rows committed at each ring
+    assert d.run_once() == 3
+    assert rung == [1, 2]
+
+
 def test_store_benefit_from_config_is_in_the_text(synced):
     synced.driver.member_adds_clerk("SZ002")
     synced.pump()
