@@ -18,6 +18,8 @@ Then:
 3. the same burst again while wrk keeps up a steady callback load at half the rate the bot
    acknowledged in 1 (fresh distinct callbacks, paced by scripts/wrk_callbacks_paced.lua): the
    issue's "welcome p99 < 2 s, 0 expired" case.
+Each burst also prints its stages (p50/p99): issued → stored (callback acknowledged) → queued
+(dispatched: the welcome's outbox row committed) → sent (the sandbox accepted send_welcome_msg).
 With --profile DIR, py-spy (`pip install py-spy`, a dev tool) samples every bot process and the
 no-op during their wrk runs (raw collapsed stacks, DIR/<db>-<process>.txt, plus `--gil` twins that
 sample only the thread holding the GIL); scripts/profile_summary.py prints their top frames.
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -119,9 +122,9 @@ def welcome_statuses(engine) -> dict[str, int]:
         return dict(c.execute(text("SELECT status, count(*) FROM welcome GROUP BY status")).all())
 
 
-def burst(svc, http: httpx.Client, already: int) -> tuple[list[float], float]:
+def burst(svc, http: httpx.Client, already: int) -> tuple[list[float], float, list[dict]]:
     """200 customers add clerks (10 a store, 20 stores at once): the latencies (ms) of their welcomes
-    as the sandbox accepted them, within 60 s, and how long the adds took to arrive."""
+    as the sandbox accepted them, within 60 s, how long the adds took to arrive, and the welcomes."""
     states = [s["code"] for s in STORES]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(len(states)) as pool:
@@ -134,7 +137,36 @@ def burst(svc, http: httpx.Client, already: int) -> tuple[list[float], float]:
         if len(welcomes) >= 200:
             break
         time.sleep(0.2)
-    return sorted(w["latency"] * 1000 for w in welcomes), took
+    return sorted(w["latency"] * 1000 for w in welcomes), took, welcomes
+
+
+def _epoch(at) -> float:
+    if isinstance(at, str):   # SQLite hands the column back as text
+        at = datetime.fromisoformat(at)
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def stages_line(engine, welcomes: list[dict]) -> str:
+    """Where a welcome's time went, p50/p99 of each stage: the add issued at the sandbox → stored by the
+    bot (the callback's HTTP, acknowledged) → welcome queued (dispatch: the outbox row committed) → the
+    sandbox accepted send_welcome_msg (the outbox's claim and call)."""
+    with engine.connect() as c:
+        rows = {code: (_epoch(event_at), _epoch(queued)) for code, event_at, queued in c.execute(text(
+            "SELECT w.welcome_code, w.event_at, o.created_at FROM welcome w JOIN outbox o "
+            "ON o.key = 'welcome:' || w.welcome_code WHERE w.welcome_code IS NOT NULL"))}
+    parts: dict[str, list[float]] = {"stored": [], "queued": [], "sent": []}
+    for w in welcomes:
+        if w["welcome_code"] not in rows:
+            continue
+        stored, queued = rows[w["welcome_code"]]
+        parts["stored"].append(stored - w["issued_at"])
+        parts["queued"].append(queued - stored)
+        parts["sent"].append(w["sent_at"] - queued)
+
+    def pct(xs: list[float], p: float) -> float:
+        xs = sorted(xs)
+        return xs[max(0, int(len(xs) * p) - 1)] * 1000 if xs else float("nan")
+    return "; ".join(f"{k} +{pct(v, .5):.0f}/{pct(v, .99):.0f} ms" for k, v in parts.items())
 
 
 def latency_line(lat: list[float]) -> str:
@@ -183,8 +215,9 @@ def bench(db: str, seconds: int, connections: int, roles: tuple[str, ...], profi
               f"({(backlog - left) / took if took else 0:.0f} events/s){'' if not left else f', {left} left'}")
         svc.cli("sync")
         with httpx.Client(timeout=120) as http:
-            lat, took = burst(svc, http, 0)
+            lat, took, sent = burst(svc, http, 0)
             print(f"[{db}] burst of 200 adds in {took:.1f}s: {latency_line(lat)}")
+            print(f"[{db}]   stages, p50/p99: {stages_line(engine, sent)}")
             done = len(lat)
             # The same burst inside a steady load at half the acknowledged rate (fresh timestamps).
             rate = cb["rps"] / 2
@@ -199,7 +232,7 @@ def bench(db: str, seconds: int, connections: int, roles: tuple[str, ...], profi
                                                 [str(load_file), "2", str(wait_ms)]),
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             time.sleep(lead)
-            lat, took = burst(svc, http, done)
+            lat, took, sent = burst(svc, http, done)
             out, _ = load.communicate(timeout=load_seconds + 60)
         sustained = parse_wrk(out)
         after = welcome_statuses(engine)
@@ -209,6 +242,7 @@ def bench(db: str, seconds: int, connections: int, roles: tuple[str, ...], profi
               f"non-2xx {sustained['non2xx']}")
         print(f"[{db}] burst of 200 adds under that load in {took:.1f}s: {latency_line(lat)}; "
               f"expired (bot's welcome rows) {expired}")
+        print(f"[{db}]   stages, p50/p99: {stages_line(engine, sent)}")
         engine.dispose()
 
 

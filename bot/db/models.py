@@ -33,6 +33,8 @@ class Event(SQLModel, table=True):
     claimed_by: str | None = Field(default=None, max_length=64)
     lease_until: datetime | None = _at()
     handled_at: datetime | None = _at()
+    # an urgent event's urgent handlers committed (the welcome is queued); the rest runs as priority 1
+    urgent_done_at: datetime | None = _at()
     last_error: str | None = Field(default=None, sa_column=Column(Text))
 
 

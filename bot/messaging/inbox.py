@@ -3,6 +3,11 @@
 The callback route only records (EventRecorder); the dispatcher claims pending events, parses them
 into domain events and runs the handlers in one unit of work that also marks the event done. A
 handler that raises leaves its event retryable (with back-off), never silently dropped.
+
+An urgent event (priority 0: an add with a 20 s welcome window) runs in two units of work: its
+`urgent` handlers, which commit with `urgent_done_at` and hand the event back at priority 1, and,
+when it is claimed again, the rest. So a burst's welcomes are all queued (and sent) before any add's
+funnel and tag work, which waits its turn with the other events.
 """
 
 from __future__ import annotations
@@ -112,14 +117,50 @@ class EventDispatcher(ClaimLoop):
 
     def process(self, rows: list[Event]) -> None:
         for row in rows:
-            self._handle(row)
+            try:
+                handlers = self.handlers.get(type(parse_event(row.payload)), [])
+            except Exception:
+                handlers = []   # _handle records the failure
+            first = tuple(h for h in handlers if getattr(h, "urgent", False))
+            if row.urgent_done_at is not None:   # the rest of an urgent event
+                self._handle(row, skip=first)
+            elif not (row.priority == 0 and first and len(first) < len(handlers) and self._handle_urgent(row, first)):
+                self._handle(row)
 
-    def _handle(self, row: Event) -> None:
+    def _handle_urgent(self, row: Event, first: tuple[Handler, ...]) -> bool:
+        """An urgent event's urgent handlers, committed with the event handed back for the rest; False
+        when they failed (logged): then it runs whole now."""
+        try:
+            with UnitOfWork(self.sessions, self.clock) as uow:
+                evt = parse_event(row.payload)
+                stored = StoredEvent(row.id, row.received_at)
+                for handler in first:
+                    for follow_up in self._call(handler, evt, uow, stored) or []:
+                        log.info("event %s: %s", row.id, follow_up)
+                # The rest queues with the other events in its place by arrival (next_attempt_at kept); this
+                # claim was no failed attempt.
+                back = uow.session.execute(
+                    update(Event).where(Event.id == row.id, Event.claimed_by == self.owner, Event.status == "running")
+                    .values(status="pending", priority=1, urgent_done_at=self.clock.now(), claimed_by=None,
+                            lease_until=None, attempts=Event.attempts - 1))
+                if back.rowcount != 1:
+                    log.warning("event %s: lease lost; its urgent handlers' work is rolled back", row.id)
+                    return True
+                uow.commit()
+        except Exception:
+            log.exception("event %s (%s): urgent handlers failed; the event runs whole", row.id, row.kind)
+            return False
+        self.on_urgent_done()
+        return True
+
+    def _handle(self, row: Event, skip: tuple[Handler, ...] = ()) -> None:
         try:
             with UnitOfWork(self.sessions, self.clock) as uow:
                 evt = parse_event(row.payload)
                 stored = StoredEvent(row.id, row.received_at)
                 for handler in self.handlers.get(type(evt), []):
+                    if handler in skip:
+                        continue
                     for follow_up in self._call(handler, evt, uow, stored) or []:
                         log.info("event %s: %s", row.id, follow_up)
                 done = uow.session.execute(
@@ -143,6 +184,12 @@ class EventDispatcher(ClaimLoop):
     def _call(self, handler: Handler, evt: ev.DomainEvent, uow: UnitOfWork, stored: StoredEvent):
         available = {"uow": uow, "clock": self.clock, "stored": stored, **self.deps}
         return handler(evt, **{name: available[name] for name in self._wanted[handler]})
+
+
+def urgent(handler: Handler) -> Handler:
+    """Marks a handler that races a clock: for an urgent event it commits before the event's other handlers."""
+    handler.urgent = True
+    return handler
 
 
 HANDLER_ARGS = {"uow", "clock", "stored"}   # what the dispatcher itself hands every handler

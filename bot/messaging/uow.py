@@ -12,9 +12,17 @@ from bot.messaging.outbox import OutboxRepo
 class StoreRepo:
     def __init__(self, session: Session):
         self.session = session
+        # The session's identity map holds objects weakly: a store the first handler read is gone by the
+        # next one, and each handler of an add read it again (four SELECTs an add). Held here for the
+        # unit of work, it is read once.
+        self._held: dict[str, Store | None] = {}
 
     def by_code(self, code: str | None) -> Store | None:
-        return self.session.get(Store, code) if code else None
+        if not code:
+            return None
+        if code not in self._held:
+            self._held[code] = self.session.get(Store, code)
+        return self._held[code]
 
 
 class UnitOfWork:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from bot.db.models import Welcome
 from bot.events import ContactAdded
 from bot.funnel.qr_page import QrPages
-from bot.messaging.inbox import StoredEvent
+from bot.messaging.inbox import StoredEvent, urgent
 from bot.messaging.outbox import insert_ignore
 from bot.messaging.uow import UnitOfWork
 from bot.welcome.content import WelcomeContent
@@ -28,6 +28,7 @@ class WelcomeSkipped:
     reason: str
 
 
+@urgent   # idempotent: the Welcome row and the outbox key are unique per add
 def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent,
                      welcome_content: WelcomeContent, qr_pages: QrPages) -> list:
     store = uow.stores.by_code(evt.state)

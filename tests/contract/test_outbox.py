@@ -7,8 +7,8 @@ from bot import events as ev
 from sqlalchemy import update
 
 from bot.messaging.claims import claim_due
-from bot.db.models import Event, Outbox
-from bot.messaging.inbox import EventDispatcher
+from bot.db.models import Event, FunnelFact, Outbox
+from bot.messaging.inbox import EventDispatcher, urgent
 from bot.messaging.outbox import Executor, OutboxRepo
 from bot.messaging.uow import UnitOfWork
 from tests.contract.helpers import count, outbox, welcomes
@@ -45,10 +45,11 @@ def test_restart_with_pending_events_and_outbox_rows_sends_each_once(synced):
     h = synced
     for _ in range(4):
         h.driver.member_adds_clerk("SZ001")
-    h.c.dispatcher("before-crash").run_once()        # events handled, welcomes queued, none sent
+    h.c.dispatcher("before-crash").run_once()        # welcomes queued, none sent; the adds' rests pending
     for _ in range(2):
         h.driver.member_adds_clerk("SZ002")          # stored, not yet handled
-    assert count(h, Outbox, status="pending", kind="send_welcome_msg") == 4 and count(h, Event, status="pending") == 2
+    assert count(h, Outbox, status="pending", kind="send_welcome_msg") == 4
+    assert count(h, Event, status="pending", priority=1) == 4 and count(h, Event, status="pending", priority=0) == 2
     h.restart_bot()
     h.with_workers = True
     h.c.start_workers()
@@ -124,6 +125,91 @@ def test_an_add_jumps_a_backlog_of_group_events(synced):
     d.run_once()
     assert len(welcomes(h)) == 1
     assert h.c.outbox_worker("o").run_once() == 1 and len(h.backend.welcomes) == 1
+
+
+def events(h) -> list[Event]:
+    with h.c.sessions() as s:
+        return list(s.query(Event).order_by(Event.id))
+
+
+def test_an_add_commits_its_welcome_first_and_hands_the_rest_back(synced):
+    """The welcome (urgent) commits on its own; the funnel's and the tags' work of the add waits its turn
+    at priority 1 and, once done, does not run the welcome again."""
+    h = synced
+    h.driver.member_adds_clerk("SZ001")
+    d = h.c.dispatcher("d")
+    assert d.run_once() == 1
+    (e,) = events(h)
+    assert (e.status, e.priority, e.attempts, e.claimed_by) == ("pending", 1, 0, None) and e.urgent_done_at
+    assert len(welcomes(h)) == 1 and count(h, Outbox, kind="send_welcome_msg") == 1
+    assert count(h, FunnelFact) == 0 and count(h, Outbox, kind="mark_tag") == 0
+    assert h.c.outbox_worker("o").run_once() == 1 and len(h.backend.welcomes) == 1   # sent before the rest
+    assert d.run_once() == 1
+    (e,) = events(h)
+    assert e.status == "done" and e.handled_at and e.attempts == 1
+    assert count(h, FunnelFact, kind="add") == 1 and count(h, Outbox, kind="mark_tag") == 1
+    assert len(welcomes(h)) == 1 and count(h, Outbox, kind="send_welcome_msg") == 1
+
+
+def test_a_burst_queues_every_welcome_before_any_adds_other_work(synced):
+    """Claimed 16 at a time, 20 adds: the first batch queues 16 welcomes and nothing else; the second
+    takes the 4 adds still urgent first, then 12 of the rests."""
+    h = synced
+    for _ in range(20):
+        h.driver.member_adds_clerk("SZ001")
+    d = h.c.dispatcher("d")
+    assert d.batch == 16
+    assert d.run_once() == 16
+    assert len(welcomes(h)) == 16 and count(h, FunnelFact) == 0
+    assert d.run_once() == 16
+    assert len(welcomes(h)) == 20 and count(h, FunnelFact) == 12
+    h.pump()
+    assert count(h, FunnelFact, kind="add") == 20 and len(h.backend.welcomes) == 20
+    assert {e.status for e in events(h)} == {"done"}
+
+
+def test_when_the_rest_of_an_add_fails_its_welcome_stands_and_only_the_rest_is_retried(synced):
+    h = synced
+    welcomed, rest = [], []
+
+    @urgent
+    def welcome(evt, uow):
+        welcomed.append(evt)
+        uow.outbox.add("app_message", f"welcome:{evt.external_userid}", {})
+
+    def broken(evt, uow):
+        rest.append(evt)
+        uow.outbox.add("app_message", f"rest:{evt.external_userid}", {})
+        raise RuntimeError("boom")
+
+    d = EventDispatcher(h.c.sessions, h.clock, {ev.ContactAdded: [welcome, broken]}, {}, owner="t")
+    h.driver.member_adds_clerk("SZ001")
+    assert d.run_once() == 1 and (len(welcomed), len(rest)) == (1, 0)
+    assert d.run_once() == 1 and (len(welcomed), len(rest)) == (1, 1)
+    (e,) = events(h)
+    assert e.status == "pending" and "boom" in e.last_error and e.urgent_done_at
+    assert [r.key.split(":")[0] for r in outbox(h)] == ["welcome"]    # the rest rolled back, the welcome kept
+    h.clock.advance(5)
+    assert d.run_once() == 1 and (len(welcomed), len(rest)) == (1, 2)
+
+
+def test_an_add_whose_urgent_handler_fails_runs_whole_and_is_retried_whole(synced):
+    h = synced
+    calls = []
+
+    @urgent
+    def welcome(evt, uow):
+        calls.append("welcome")
+        raise RuntimeError("boom")
+
+    def rest(evt, uow):
+        calls.append("rest")
+
+    d = EventDispatcher(h.c.sessions, h.clock, {ev.ContactAdded: [welcome, rest]}, {}, owner="t")
+    h.driver.member_adds_clerk("SZ001")
+    assert d.run_once() == 1 and calls == ["welcome", "welcome"]   # alone, then whole: it fails again
+    (e,) = events(h)
+    assert (e.status, e.priority, e.urgent_done_at) == ("pending", 0, None) and "boom" in e.last_error
 
 
 def test_a_batch_settles_in_one_go_but_row_by_row(harness):
