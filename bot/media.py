@@ -8,7 +8,7 @@ import logging
 import mimetypes
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 LIFETIME = timedelta(days=3)
 REFRESH_AFTER = timedelta(days=2, hours=12)
+MEMO = timedelta(minutes=5)   # how long a process trusts the media_id it last saw without reading it again
 
 
 class MediaLibrary:
@@ -34,14 +35,28 @@ class MediaLibrary:
         self.clock = clock
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # key -> (source, media_id, until): what this process last read or uploaded. Every welcome asks for
+        # its store's QR; under a burst the read was a tenth of a sender's time. A media_id another process
+        # replaced stays valid to its own 3 days, so keeping ours a while longer sends nothing broken.
+        self._memo: dict[str, tuple[str, str, datetime]] = {}
 
     def _fresh(self, row: MediaCache | None, source: str) -> bool:
         return bool(row and row.source == source and self.clock.now() < row.uploaded_at + REFRESH_AFTER)
 
     def cached(self, key: str, source: str) -> str | None:
+        now = self.clock.now()
+        memo = self._memo.get(key)
+        if memo and memo[0] == source and now < memo[2]:
+            return memo[1]
         with self.reads() as s:
             row = s.get(MediaCache, key)
-            return row.media_id if self._fresh(row, source) else None
+            if not self._fresh(row, source):
+                return None
+            self._remember(key, source, row.media_id, row.uploaded_at)
+            return row.media_id
+
+    def _remember(self, key: str, source: str, media_id: str, uploaded_at: datetime) -> None:
+        self._memo[key] = (source, media_id, min(uploaded_at + REFRESH_AFTER, self.clock.now() + MEMO))
 
     def ensure(self, key: str, source: str, load: Callable[[], bytes], *, filename: str,
                media_type: str = "image", content_type: str = "image/png") -> str:
@@ -67,11 +82,13 @@ class MediaLibrary:
                 if row is not None:
                     for k, v in values.items():
                         setattr(row, k, v)
+            self._remember(key, source, res["media_id"], now)
             log.info("media %s uploaded (%s)", key, res["media_id"][:12])
             return res["media_id"]
 
     def forget(self, key: str) -> None:
         """WeCom rejected the media_id (40007): the next ensure uploads again."""
+        self._memo.pop(key, None)
         with self.sessions.begin() as s:
             if row := s.get(MediaCache, key):
                 s.delete(row)

@@ -7,7 +7,8 @@ handler that raises leaves its event retryable (with back-off), never silently d
 An urgent event (priority 0: an add with a 20 s welcome window) runs in two units of work: its
 `urgent` handlers, which commit with `urgent_done_at` and hand the event back at priority 1, and,
 when it is claimed again, the rest. So a burst's welcomes are all queued (and sent) before any add's
-funnel and tag work, which waits its turn with the other events.
+funnel and tag work, which waits its turn with the other events. The urgent work of a claimed batch
+commits as one transaction (row by row when it fails).
 """
 
 from __future__ import annotations
@@ -116,42 +117,58 @@ class EventDispatcher(ClaimLoop):
         self._wanted = {h: wanted_args(h, HANDLER_ARGS | set(deps), skip=1) for hs in handlers.values() for h in hs}
 
     def process(self, rows: list[Event]) -> None:
+        split: list[tuple[Event, ev.DomainEvent, tuple[Handler, ...]]] = []   # urgent rows with urgent handlers
+        rest: list[tuple[Event, tuple[Handler, ...]]] = []                    # (row, handlers done already)
         for row in rows:
             try:
-                handlers = self.handlers.get(type(parse_event(row.payload)), [])
+                evt = parse_event(row.payload)
             except Exception:
-                handlers = []   # _handle records the failure
+                rest.append((row, ()))   # _handle records the failure
+                continue
+            handlers = self.handlers.get(type(evt), [])
             first = tuple(h for h in handlers if getattr(h, "urgent", False))
             if row.urgent_done_at is not None:   # the rest of an urgent event
-                self._handle(row, skip=first)
-            elif not (row.priority == 0 and first and len(first) < len(handlers) and self._handle_urgent(row, first)):
-                self._handle(row)
+                rest.append((row, first))
+            elif row.priority == 0 and first and len(first) < len(handlers):
+                split.append((row, evt, first))
+            else:
+                rest.append((row, ()))
+        # The batch's urgent work in one transaction (one write lock, one commit); when any of it fails,
+        # each row alone, and a row whose urgent handlers fail alone runs whole now.
+        handed_back = self._handle_urgent(split) if split else set()
+        if len(split) > 1 and not handed_back:
+            for one in split:
+                handed_back |= self._handle_urgent([one])
+        for row, skip in rest + [(row, ()) for row, _, _ in split if row.id not in handed_back]:
+            self._handle(row, skip=skip)
 
-    def _handle_urgent(self, row: Event, first: tuple[Handler, ...]) -> bool:
-        """An urgent event's urgent handlers, committed with the event handed back for the rest; False
-        when they failed (logged): then it runs whole now."""
+    def _handle_urgent(self, split: list[tuple[Event, ev.DomainEvent, tuple[Handler, ...]]]) -> set[int]:
+        """The urgent handlers of these urgent events, committed with the events handed back for the rest
+        (their ids); none when any of them failed or lost its lease (logged)."""
+        ids = [row.id for row, _, _ in split]
         try:
             with UnitOfWork(self.sessions, self.clock) as uow:
-                evt = parse_event(row.payload)
-                stored = StoredEvent(row.id, row.received_at)
-                for handler in first:
-                    for follow_up in self._call(handler, evt, uow, stored) or []:
-                        log.info("event %s: %s", row.id, follow_up)
+                for row, evt, first in split:
+                    stored = StoredEvent(row.id, row.received_at)
+                    for handler in first:
+                        for follow_up in self._call(handler, evt, uow, stored) or []:
+                            log.info("event %s: %s", row.id, follow_up)
                 # The rest queues with the other events in its place by arrival (next_attempt_at kept); this
                 # claim was no failed attempt.
                 back = uow.session.execute(
-                    update(Event).where(Event.id == row.id, Event.claimed_by == self.owner, Event.status == "running")
+                    update(Event).where(Event.id.in_(ids), Event.claimed_by == self.owner, Event.status == "running")
                     .values(status="pending", priority=1, urgent_done_at=self.clock.now(), claimed_by=None,
                             lease_until=None, attempts=Event.attempts - 1))
-                if back.rowcount != 1:
-                    log.warning("event %s: lease lost; its urgent handlers' work is rolled back", row.id)
-                    return True
+                if back.rowcount != len(ids):
+                    log.warning("events %s: a lease was lost; their urgent handlers' work is rolled back", ids)
+                    return set()
                 uow.commit()
         except Exception:
-            log.exception("event %s (%s): urgent handlers failed; the event runs whole", row.id, row.kind)
-            return False
+            log.exception("events %s: urgent handlers failed%s", ids,
+                          "; each is tried alone" if len(ids) > 1 else "; the event runs whole")
+            return set()
         self.on_urgent_done()
-        return True
+        return set(ids)
 
     def _handle(self, row: Event, skip: tuple[Handler, ...] = ()) -> None:
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.db.engine import reads_of
@@ -86,9 +86,14 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welco
         return default_decide(err, row, now)
 
     def settle(s: Session, row: Outbox, outcome: Outcome, now: datetime) -> None:
-        welcome = s.query(Welcome).filter_by(event_id=row.payload["event_id"]).one_or_none()
-        if welcome is None:
-            return
+        # One UPDATE: the add's time rides in the payload (rows queued before it did are read for it).
+        p = row.payload
+        if "event_at" in p:
+            event_at = datetime.fromisoformat(p["event_at"])
+        else:
+            event_at = s.scalar(select(Welcome.event_at).where(Welcome.event_id == p["event_id"]))
+            if event_at is None:
+                return
         status = {"done": "already" if outcome.result.get("already") else "sent",
                   "expired": "expired", "dead": "failed"}[outcome.status]
         if status == "expired" and (row.uncertain or outcome.maybe_done):
@@ -96,9 +101,9 @@ def welcome_executor(sessions: sessionmaker[Session], media: MediaLibrary, welco
         notes = outcome.result.get("notes") or []
         reason = (notes[0] if notes else None) if outcome.status == "done" else \
             (f"errcode {outcome.errcode}" if outcome.errcode else outcome.error)
-        s.execute(update(Welcome).where(Welcome.id == welcome.id).values(
+        s.execute(update(Welcome).where(Welcome.event_id == p["event_id"]).values(
             status=status, sent_at=now if outcome.status == "done" else None,
-            latency_ms=int((now - welcome.event_at).total_seconds() * 1000),
+            latency_ms=int((now - event_at).total_seconds() * 1000),
             qr_attached=bool(outcome.result.get("qr_attached")), reason=(reason or None) and str(reason)[:64]))
 
     return Executor("send_welcome_msg", send, decide, settle)

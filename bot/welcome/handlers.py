@@ -45,7 +45,8 @@ def on_contact_added(evt: ContactAdded, uow: UnitOfWork, stored: StoredEvent,
     rendered = welcome_content.render(store_code=store.code, store_name=store.name, clerk=evt.userid,
                                       store_benefit=store.benefit)
     uow.outbox.add("send_welcome_msg", f"welcome:{evt.welcome_code}",
-                   {"event_id": stored.id, "welcome_code": evt.welcome_code, "store_code": store.code,
+                   {"event_id": stored.id, "event_at": stored.received_at.isoformat(),
+                    "welcome_code": evt.welcome_code, "store_code": store.code,
                     "text": rendered.text, "attach_group_qr": rendered.attach_group_qr,
                     "attachments": rendered.attachments,
                     # the group-QR page of this add: the customer who cannot scan can say so there

@@ -212,6 +212,30 @@ def test_an_add_whose_urgent_handler_fails_runs_whole_and_is_retried_whole(synce
     assert (e.status, e.priority, e.urgent_done_at) == ("pending", 0, None) and "boom" in e.last_error
 
 
+def test_one_add_failing_its_urgent_handler_leaves_the_batchs_other_welcomes_standing(synced):
+    """The batch's urgent work is one transaction; when one add's fails, the others are tried alone and
+    hand back their rests, and the failing add runs whole (and fails, retryable)."""
+    h = synced
+    adds = [h.driver.member_adds_clerk("SZ001").fields["ExternalUserID"] for _ in range(3)]
+
+    @urgent
+    def welcome(evt, uow):
+        if evt.external_userid == adds[1]:
+            raise RuntimeError("boom")
+        uow.outbox.add("app_message", f"welcome:{evt.external_userid}", {})
+
+    def rest(evt, uow):
+        pass
+
+    d = EventDispatcher(h.c.sessions, h.clock, {ev.ContactAdded: [welcome, rest]}, {}, owner="t")
+    assert d.run_once() == 3
+    assert sorted(r.key for r in outbox(h)) == sorted(f"welcome:{a}" for a in (adds[0], adds[2]))
+    first, failed, third = events(h)
+    assert first.urgent_done_at and third.urgent_done_at and (first.priority, third.priority) == (1, 1)
+    assert (failed.status, failed.priority, failed.urgent_done_at) == ("pending", 0, None)
+    assert "boom" in failed.last_error
+
+
 def test_a_batch_settles_in_one_go_but_row_by_row(harness):
     """Rows of a batch settle together; a row whose lease another worker took, or whose domain settle
     fails, is left to run again, and the rest of the batch still settles."""
