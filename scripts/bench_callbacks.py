@@ -178,9 +178,13 @@ def latency_line(lat: list[float]) -> str:
 
 
 def bench(db: str, seconds: int, connections: int, roles: tuple[str, ...], profile: Path | None,
-          access_log: bool | None) -> None:
+          access_log: bool | None, worker_nice: int = 0) -> None:
     with sandbox_and_bot(db, roles, None if access_log is None else {"access_log": access_log}) as svc:
         bots = {k: v for k, v in svc.pids.items() if k.startswith("serve")}
+        if worker_nice:   # as the systemd unit's Nice= (deploy/systemd/wecom-bot-worker@.service)
+            for name, pid in bots.items():
+                if name.startswith(("serve-worker", "serve-scheduler")):
+                    os.setpriority(os.PRIO_PROCESS, pid, worker_nice)
         print(f"[{db}] processes: {', '.join(f'{k} (pid {v})' for k, v in svc.pids.items())}")
         requests_file = svc.tmp / "requests.txt"
         n = max(20000, seconds * 2500)
@@ -256,13 +260,16 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the processes under load into DIR")
     ap.add_argument("--access-log", choices=["on", "off"],
                     help="the bot's access_log (default: the config's default, on; the no-op logs no access)")
+    ap.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                    help="run the worker and scheduler processes at this nice value (PostgreSQL's split roles)")
     a = ap.parse_args()
     require_wrk()
     if a.profile:
         a.profile.mkdir(parents=True, exist_ok=True)
     for db in (["sqlite", "postgresql"] if a.db == "both" else [a.db]):
         roles = ("all",) if db == "sqlite" else tuple(r.strip() for r in a.pg_roles.split(",") if r.strip())
-        bench(db, a.seconds, a.connections, roles, a.profile, None if a.access_log is None else a.access_log == "on")
+        bench(db, a.seconds, a.connections, roles, a.profile, None if a.access_log is None else a.access_log == "on",
+              a.worker_nice)
 
 
 if __name__ == "__main__":

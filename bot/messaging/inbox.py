@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,6 +62,9 @@ class EventRecorder(GroupCommitter):
         # One statement, compiled once; executed with a list of rows it becomes SQLAlchemy's
         # "insertmanyvalues" (batched multi-row VALUES … RETURNING), whatever the batch's size.
         self._insert = insert(table).on_conflict_do_nothing().returning(table.c.delivery_key)
+        # The recorder's own connection, kept between batches: a checkout from the pool pings the
+        # server first (pool_pre_ping), a round trip that every acknowledgement waited for.
+        self._conn: Connection | None = None
 
     async def record(self, cb: InboundCallback) -> bool:
         """True when stored now; False when it was stored before (a redelivery)."""
@@ -84,13 +88,38 @@ class EventRecorder(GroupCommitter):
             first.setdefault(cb.delivery_key, cb)
         rows = [dict(delivery_key=cb.delivery_key, kind=cb.kind, payload=cb.xml, received_at=now, status="pending",
                      attempts=0, next_attempt_at=now, priority=cb.priority) for cb in first.values()]
-        with self.engine.begin() as conn:
-            stored = set(conn.execute(self._insert, rows).scalars())
+        stored = self._insert_rows(rows)
         out, seen = [], set()
         for cb in callbacks:
             out.append(cb.delivery_key in stored and cb.delivery_key not in seen)
             seen.add(cb.delivery_key)
         return out
+
+
+    def _insert_rows(self, rows: list[dict]) -> set[str]:
+        """The delivery keys inserted now. A connection found dead (the server restarted, a network cut)
+        is replaced and the batch tried once more on a fresh one: the insert ignores rows already
+        there, so a batch that did commit before its answer was lost is stored once."""
+        for attempt in (1, 2):
+            if self._conn is None or self._conn.closed or self._conn.invalidated:
+                self._conn = self.engine.connect()
+            try:
+                with self._conn.begin():
+                    return set(self._conn.execute(self._insert, rows).scalars())
+            except DBAPIError as e:
+                dead = e.connection_invalidated
+                self._conn.close()
+                self._conn = None
+                if attempt == 2 or not dead:
+                    raise
+                log.warning("storing callbacks: the database connection was lost; trying once more on a new one")
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        super().stop()   # the writer thread is done with its connection
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,8 @@ import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from xml.parsers.expat import ExpatError
+from xml.etree import ElementTree
 
-import xmltodict
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.work.crypto import WeChatCrypto
 from wechatpy.work.exceptions import InvalidCorpIdException
@@ -59,13 +58,32 @@ def _parse_xml(text: str | bytes, what: str) -> dict:
     if _DECLARATION.search(raw if what == "envelope" else _CDATA.sub(b"", raw)):
         raise CallbackRejected(400, f"{what}: markup declarations (DOCTYPE, ENTITY, comments) are not accepted")
     try:
-        doc = xmltodict.parse(raw, disable_entities=True)
-    except (ExpatError, ValueError) as e:
+        root = ElementTree.fromstring(raw)
+    except (ElementTree.ParseError, ValueError) as e:
         raise CallbackRejected(400, f"{what}: malformed XML ({e})") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
+    fields = _element(root) if root.tag == "xml" else None
+    if not isinstance(fields, dict):
         raise CallbackRejected(400, f"{what}: no <xml> root")
-    return root
+    return fields
+
+
+def _element(e: ElementTree.Element) -> dict | str | None:
+    """xmltodict's shape (what wechatpy parses with): text stripped, None when empty, children as a dict,
+    a repeated child as a list. Through ElementTree's C parser: xmltodict's Python callbacks were a
+    quarter of the callback route's own time."""
+    if not len(e):
+        text = e.text.strip() if e.text else ""
+        return text or None
+    out: dict = {}
+    for child in e:
+        value = _element(child)
+        if child.tag not in out:
+            out[child.tag] = value
+        elif isinstance(out[child.tag], list):
+            out[child.tag].append(value)
+        else:
+            out[child.tag] = [out[child.tag], value]
+    return out
 
 
 # Bounds of a sane payload. WeCom's ids are short ASCII; a text message is at most 2,048 bytes. A signed

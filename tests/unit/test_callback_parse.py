@@ -167,3 +167,21 @@ def test_a_clerk_typing_markup_inside_cdata_is_text_not_a_declaration():
     assert fields["Content"] == "<!DOCTYPE 试试 <!-- x -->"
     with pytest.raises(CallbackRejected):   # but a declaration outside the CDATA still is one
         _parse_xml("<xml><Content><![CDATA[hi]]></Content><!ENTITY a 'b'></xml>", "payload")
+
+
+@pytest.mark.parametrize("payload", [
+    xml({"Event": "change_external_contact", "ChangeType": "add_external_contact", "UserID": "zhangsan",
+         "ExternalUserID": "wmABC", "State": "SZ001", "WelcomeCode": "CODE"}),
+    xml({"Event": "change_external_chat", "ChangeType": "update", "ChatId": "wr1", "UpdateDetail": "add_member",
+         "MemChangeList": ["wm1", "wm2"], "MemChangeCnt": "2"}),
+    xml({"Event": "change_external_chat", "ChangeType": "update", "ChatId": "wr1", "UpdateDetail": "add_member",
+         "MemChangeList": ["wm1"]}),
+    "<xml><ToUserName><![CDATA[ww1]]></ToUserName><MsgType><![CDATA[text]]></MsgType>"
+    "<Content><![CDATA[  接龙 <b>苹果</b> &amp; 梨  ]]></Content><Empty></Empty><Blank>  </Blank>"
+    "<CreateTime>1763859600</CreateTime></xml>",
+])
+def test_payloads_parse_to_what_wechatpys_xmltodict_makes_of_them(payload):
+    """The C parser behind _parse_xml gives the same fields as xmltodict (wechatpy's parser)."""
+    import xmltodict
+    from bot.wecom.callback import _parse_xml
+    assert _parse_xml(payload, "payload") == xmltodict.parse(payload)["xml"]
