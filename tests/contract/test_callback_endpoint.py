@@ -124,3 +124,26 @@ def test_rejections_are_logged_rate_limited(harness, caplog):
     told = [r for r in caplog.records if r.name == "bot.app" and "callback rejected" in r.getMessage()]
     # 60 rejections well inside a minute: one minute's allowance of lines, two if the loop straddles a minute
     assert 1 <= len(told) <= 40
+
+
+def test_a_recorder_whose_connection_the_server_dropped_stores_the_next_callback_on_a_new_one(pg_url, clock):
+    """The recorder keeps one connection between batches (no ping); one the server terminated is found
+    dead by the insert, replaced, and the batch stored: WeCom gets its 200, not a 500 and a redelivery."""
+    from sqlalchemy import create_engine, text
+
+    from bot.sandbox.harness import Harness
+    from tests.conftest import PG_URL, ROOT, STORES
+
+    with Harness(database_url=pg_url, stores=STORES, clock=clock, calendar_dir=ROOT / "content_calendar",
+                 workers=False) as h:
+        assert not h.sync().failed
+        assert h.driver.member_adds_clerk("SZ001").statuses == [200]
+        with h.c.recorder._conn.connection.dbapi_connection.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (pid,) = cur.fetchone()
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        admin.dispose()
+        assert h.driver.member_adds_clerk("SZ002").statuses == [200]
+        assert count(h, Event) == 2
