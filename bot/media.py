@@ -37,7 +37,8 @@ class MediaLibrary:
         self._guard = threading.Lock()
         # key -> (source, media_id, until): what this process last read or uploaded. Every welcome asks for
         # its store's QR; under a burst the read was a tenth of a sender's time. A media_id another process
-        # replaced stays valid to its own 3 days, so keeping ours a while longer sends nothing broken.
+        # replaced on schedule stays valid to its own 3 days; one WeCom rejected (40007) fails once here
+        # too, and forget() then drops it (and only it: not the fresh id another process uploaded).
         self._memo: dict[str, tuple[str, str, datetime]] = {}
 
     def _fresh(self, row: MediaCache | None, source: str) -> bool:
@@ -87,10 +88,11 @@ class MediaLibrary:
             return res["media_id"]
 
     def forget(self, key: str) -> None:
-        """WeCom rejected the media_id (40007): the next ensure uploads again."""
-        self._memo.pop(key, None)
+        """WeCom rejected the media_id (40007): the next ensure uploads again. When this process knows
+        which id it sent, only that id's row goes: another process may have uploaded a fresh one."""
+        memo = self._memo.pop(key, None)
         with self.sessions.begin() as s:
-            if row := s.get(MediaCache, key):
+            if (row := s.get(MediaCache, key)) and (memo is None or row.media_id == memo[1]):
                 s.delete(row)
 
 

@@ -4,11 +4,14 @@ The callback route only records (EventRecorder); the dispatcher claims pending e
 into domain events and runs the handlers in one unit of work that also marks the event done. A
 handler that raises leaves its event retryable (with back-off), never silently dropped.
 
-An urgent event (priority 0: an add with a 20 s welcome window) runs in two units of work: its
-`urgent` handlers, which commit with `urgent_done_at` and hand the event back at priority 1, and,
-when it is claimed again, the rest. So a burst's welcomes are all queued (and sent) before any add's
-funnel and tag work, which waits its turn with the other events. The urgent work of a claimed batch
-commits as one transaction (row by row when it fails).
+The exception is an urgent event (priority 0: an add with a 20 s welcome window). It runs in two
+units of work: its `urgent` handlers (the welcome), which commit with `urgent_done_at` and hand the
+event back at priority 1, and, when it is claimed again, the rest (funnel, tags), which marks it
+done. So a burst's welcomes are all queued, and sent, before any add's funnel and tag work, which
+takes its turn by arrival with the other events; the events of the batch that arrived after a
+handed-back add are handed back unrun too, so they still run after it. An urgent handler must be
+idempotent: when the worker dies between the two commits, the event runs again whole. The urgent
+work of a claimed batch commits as one transaction (row by row when it fails).
 """
 
 from __future__ import annotations
@@ -112,12 +115,16 @@ class EventRecorder(GroupCommitter):
                 self._conn = None
                 if attempt == 2 or not dead:
                     raise
+                # A first try that committed before the connection died makes its rows look redelivered now:
+                # the dispatchers are rung either way (commit_batch rings only for rows new to this try).
+                self.on_stored()
                 log.warning("storing callbacks: the database connection was lost; trying once more on a new one")
         raise AssertionError("unreachable")
 
     def stop(self) -> None:
-        super().stop()   # the writer thread is done with its connection
-        if self._conn is not None:
+        super().stop()
+        # Only once the writer thread is done with it (stop waits 5 s; a batch behind a lock may take longer).
+        if self._conn is not None and (self._thread is None or not self._thread.is_alive()):
             self._conn.close()
             self._conn = None
 
@@ -139,8 +146,8 @@ class EventDispatcher(ClaimLoop):
         super().__init__(sessions, clock, owner=owner, lease_seconds=lease_seconds, batch=batch, book=book)
         self.handlers = handlers
         self.deps = deps
-        # After each urgent event's commit (an add with a welcome code, a clerk's text): its outbox row
-        # goes now, not after the rest of the batch (up to 16 events) is handled.
+        # After the urgent work of a batch commits (adds' welcomes; a clerk's text, handled whole): its
+        # outbox rows go now, not after the rest of the batch (up to 16 events) is handled.
         self.on_urgent_done = on_urgent_done
         # Each handler's arguments, resolved once: a misnamed dependency fails here, at start-up.
         self._wanted = {h: wanted_args(h, HANDLER_ARGS | set(deps), skip=1) for hs in handlers.values() for h in hs}
@@ -168,8 +175,23 @@ class EventDispatcher(ClaimLoop):
         if len(split) > 1 and not handed_back:
             for one in split:
                 handed_back |= self._handle_urgent([one])
+        if handed_back:
+            # What arrived after a handed-back add waits for that add's rest: a deletion or a join of the same
+            # customer reads the add's funnel fact. Handed back unrun, it is claimed again behind the rest.
+            since = min(row.next_attempt_at for row, _, _ in split if row.id in handed_back)
+            later = {row.id for row, skip in rest if row.urgent_done_at is None and row.next_attempt_at >= since}
+            self._release(later)
+            rest = [(row, skip) for row, skip in rest if row.id not in later]
         for row, skip in rest + [(row, ()) for row, _, _ in split if row.id not in handed_back]:
             self._handle(row, skip=skip)
+
+    def _release(self, ids: set[int]) -> None:
+        """Back to pending, unrun, in their place (next_attempt_at kept); the claim counted as no attempt."""
+        if ids:
+            with self.sessions.begin() as s:
+                s.execute(update(Event).where(Event.id.in_(ids), Event.claimed_by == self.owner,
+                                              Event.status == "running")
+                          .values(status="pending", claimed_by=None, lease_until=None, attempts=Event.attempts - 1))
 
     def _handle_urgent(self, split: list[tuple[Event, ev.DomainEvent, tuple[Handler, ...]]]) -> set[int]:
         """The urgent handlers of these urgent events, committed with the events handed back for the rest

@@ -1,4 +1,5 @@
-"""Unit of work: one transaction for a handler's state change, its outbox rows and "event handled"."""
+"""Unit of work: one transaction for a handler's state change, its outbox rows and "event handled" (an
+urgent event's welcome commits in a unit of its own first: bot.messaging.inbox)."""
 
 from __future__ import annotations
 

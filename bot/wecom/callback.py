@@ -52,8 +52,17 @@ _DECLARATION = re.compile(rb"<!(?!\[CDATA\[)", re.IGNORECASE)
 _CDATA = re.compile(rb"<!\[CDATA\[.*?\]\]>", re.DOTALL)
 
 
+# The declaration test reads bytes as ASCII. WeCom sends UTF-8; a body in UTF-16 or UTF-32 (NUL bytes,
+# which expat detects by itself) or declaring another encoding (EBCDIC's "<!" is other bytes) would
+# carry a DOCTYPE past it, so it is refused first.
+_OTHER_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["'](?!utf-?8["'])""", re.IGNORECASE)
+MAX_DEPTH = 8   # WeCom's payloads nest three deep (<xml><MemChangeList><Item>)
+
+
 def _parse_xml(text: str | bytes, what: str) -> dict:
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if b"\x00" in raw or _OTHER_ENCODING.match(raw.removeprefix(b"\xef\xbb\xbf")):
+        raise CallbackRejected(400, f"{what}: not UTF-8")
     # The envelope comes from anyone and holds only ids and base64: no exemption there.
     if _DECLARATION.search(raw if what == "envelope" else _CDATA.sub(b"", raw)):
         raise CallbackRejected(400, f"{what}: markup declarations (DOCTYPE, ENTITY, comments) are not accepted")
@@ -61,22 +70,24 @@ def _parse_xml(text: str | bytes, what: str) -> dict:
         root = ElementTree.fromstring(raw)
     except (ElementTree.ParseError, ValueError) as e:
         raise CallbackRejected(400, f"{what}: malformed XML ({e})") from None
-    fields = _element(root) if root.tag == "xml" else None
+    fields = _element(root, what) if root.tag == "xml" else None
     if not isinstance(fields, dict):
         raise CallbackRejected(400, f"{what}: no <xml> root")
     return fields
 
 
-def _element(e: ElementTree.Element) -> dict | str | None:
+def _element(e: ElementTree.Element, what: str, depth: int = 0) -> dict | str | None:
     """xmltodict's shape (what wechatpy parses with): text stripped, None when empty, children as a dict,
     a repeated child as a list. Through ElementTree's C parser: xmltodict's Python callbacks were a
     quarter of the callback route's own time."""
     if not len(e):
         text = e.text.strip() if e.text else ""
         return text or None
+    if depth >= MAX_DEPTH:
+        raise CallbackRejected(400, f"{what}: nested over {MAX_DEPTH} deep")
     out: dict = {}
     for child in e:
-        value = _element(child)
+        value = _element(child, what, depth + 1)
         if child.tag not in out:
             out[child.tag] = value
         elif isinstance(out[child.tag], list):

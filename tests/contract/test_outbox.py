@@ -151,6 +151,24 @@ def test_an_add_commits_its_welcome_first_and_hands_the_rest_back(synced):
     assert len(welcomes(h)) == 1 and count(h, Outbox, kind="send_welcome_msg") == 1
 
 
+def test_what_arrives_after_an_add_in_its_batch_still_runs_after_the_adds_rest(synced):
+    """A customer who adds the clerk and deletes them at once: the deletion's fact reads the add's (its
+    store), so it is handed back unrun with the add and claimed again behind the add's rest."""
+    h = synced
+    added = h.driver.member_adds_clerk("SZ001").fields
+    h.driver.member_deletes_clerk(added["ExternalUserID"], added["UserID"])
+    d = h.c.dispatcher("d")
+    assert d.run_once() == 2
+    add, deletion = events(h)
+    assert (add.status, add.priority) == ("pending", 1) and add.urgent_done_at
+    assert (deletion.status, deletion.attempts, deletion.urgent_done_at) == ("pending", 0, None)
+    h.pump()
+    with h.c.sessions() as s:
+        facts = {f.kind: f for f in s.query(FunnelFact)}
+    assert facts["clerk_deleted"].store_code == "SZ001" == facts["add"].store_code
+    assert {e.status for e in events(h)} == {"done"}
+
+
 def test_a_burst_queues_every_welcome_before_any_adds_other_work(synced):
     """Claimed 16 at a time, 20 adds: the first batch queues 16 welcomes and nothing else; the second
     takes the 4 adds still urgent first, then 12 of the rests."""

@@ -98,6 +98,35 @@ def test_a_markup_declaration_anywhere_in_the_envelope_is_refused(body):
     assert e.value.status == 400 and "declaration" in e.value.reason
 
 
+_BOMB = '<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]><xml><Encrypt>&b;</Encrypt></xml>'
+
+
+@pytest.mark.parametrize("body", [
+    _BOMB.encode("utf-16"),                                         # the declaration test reads ASCII bytes
+    _BOMB.encode("utf-16-le"),                                      # no BOM: expat still detects it
+    _BOMB.encode("utf-32"),
+    b"<?xml version='1.0' encoding='cp037'?>" + _BOMB.encode("cp037"),   # EBCDIC's "<!" is other bytes
+    b'<?xml version="1.0" encoding="ISO-8859-1"?><xml><Encrypt>abc</Encrypt></xml>',
+])
+def test_an_envelope_in_another_encoding_than_utf8_is_refused_before_parsing(body):
+    with pytest.raises(CallbackRejected) as e:
+        _verifier().open("sig", "1", "n", body)
+    assert e.value.status == 400 and "not UTF-8" in e.value.reason
+
+
+def test_a_utf8_declaration_and_bom_are_accepted():
+    from bot.wecom.callback import _parse_xml
+
+    for head in (b"", b"\xef\xbb\xbf", b'<?xml version="1.0" encoding="UTF-8"?>'):
+        assert _parse_xml(head + b"<xml><Encrypt>abc</Encrypt></xml>", "envelope") == {"Encrypt": "abc"}
+
+
+def test_a_deeply_nested_envelope_is_a_400_not_a_crash():
+    with pytest.raises(CallbackRejected) as e:
+        _verifier().open("sig", "1", "n", b"<xml>" + b"<a>" * 9000 + b"x" + b"</a>" * 9000 + b"</xml>")
+    assert e.value.status == 400 and "nested" in e.value.reason
+
+
 def test_an_entity_in_the_decrypted_payload_is_refused_before_parsing():
     from bot.wecom.callback import _parse_xml
 
@@ -184,4 +213,4 @@ def test_payloads_parse_to_what_wechatpys_xmltodict_makes_of_them(payload):
     """The C parser behind _parse_xml gives the same fields as xmltodict (wechatpy's parser)."""
     import xmltodict
     from bot.wecom.callback import _parse_xml
-    assert _parse_xml(payload, "payload") == xmltodict.parse(payload)["xml"]
+    assert _parse_xml(payload, "payload") == xmltodict.parse(payload, disable_entities=True)["xml"]
