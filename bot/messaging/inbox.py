@@ -98,7 +98,6 @@ class EventRecorder(GroupCommitter):
             seen.add(cb.delivery_key)
         return out
 
-
     def _insert_rows(self, rows: list[dict]) -> set[str]:
         """The delivery keys inserted now. A connection found dead (the server restarted, a network cut)
         is replaced and the batch tried once more on a fresh one: the insert ignores rows already
@@ -186,12 +185,16 @@ class EventDispatcher(ClaimLoop):
             self._handle(row, skip=skip)
 
     def _release(self, ids: set[int]) -> None:
-        """Back to pending, unrun, in their place (next_attempt_at kept); the claim counted as no attempt."""
+        """Back to pending, unrun."""
         if ids:
             with self.sessions.begin() as s:
-                s.execute(update(Event).where(Event.id.in_(ids), Event.claimed_by == self.owner,
-                                              Event.status == "running")
-                          .values(status="pending", claimed_by=None, lease_until=None, attempts=Event.attempts - 1))
+                s.execute(self._hand_back(ids))
+
+    def _hand_back(self, ids, **values):
+        """This loop's claimed rows back to pending in their place by arrival (next_attempt_at kept); the
+        claim counted as no failed attempt."""
+        return (update(Event).where(Event.id.in_(ids), Event.claimed_by == self.owner, Event.status == "running")
+                .values(status="pending", claimed_by=None, lease_until=None, attempts=Event.attempts - 1, **values))
 
     def _handle_urgent(self, split: list[tuple[Event, ev.DomainEvent, tuple[Handler, ...]]]) -> set[int]:
         """The urgent handlers of these urgent events, committed with the events handed back for the rest
@@ -204,12 +207,8 @@ class EventDispatcher(ClaimLoop):
                     for handler in first:
                         for follow_up in self._call(handler, evt, uow, stored) or []:
                             log.info("event %s: %s", row.id, follow_up)
-                # The rest queues with the other events in its place by arrival (next_attempt_at kept); this
-                # claim was no failed attempt.
-                back = uow.session.execute(
-                    update(Event).where(Event.id.in_(ids), Event.claimed_by == self.owner, Event.status == "running")
-                    .values(status="pending", priority=1, urgent_done_at=self.clock.now(), claimed_by=None,
-                            lease_until=None, attempts=Event.attempts - 1))
+                # the rest queues with the other events
+                back = uow.session.execute(self._hand_back(ids, priority=1, urgent_done_at=self.clock.now()))
                 if back.rowcount != len(ids):
                     log.warning("events %s: a lease was lost; their urgent handlers' work is rolled back", ids)
                     return set()
